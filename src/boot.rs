@@ -1,0 +1,198 @@
+//! Starting and stopping Dispa: binds one SO_REUSEPORT listener per worker, spawns the
+//! workers pinned to the CPUs of the inherited affinity mask, and waits until each one's
+//! runtime is up. The returned [`Running`] stops everything when dropped.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, bounded};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::{Config, Snapshot};
+use crate::msg::{WorkerMsg, WorkerReady};
+use crate::worker::{self, WorkerStats};
+
+/// How long in-flight requests may take to finish on shutdown.
+pub const DRAIN: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub enum Error {
+    /// The listen address is taken (by anything, including another Dispa) or not ours.
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    Thread(std::io::Error),
+    Worker {
+        id: usize,
+        reason: String,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Bind { addr, source } => write!(
+                f,
+                "cannot listen on {addr}: {source} (change server.bind / bind_address in the config)"
+            ),
+            Error::Thread(e) => write!(f, "cannot start a worker thread: {e}"),
+            Error::Worker { id, reason } => write!(f, "worker {id} failed to start: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+struct WorkerHandle {
+    inbox_tx: Sender<WorkerMsg>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A started Dispa.
+pub struct Running {
+    local_addr: SocketAddr,
+    workers: Vec<WorkerHandle>,
+    stats: Vec<Arc<WorkerStats>>,
+    drivers: Vec<&'static str>,
+    snapshot: Arc<Snapshot>,
+}
+
+impl Running {
+    /// The proxy's listen address (with the real port when the config asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Each worker's counters, by worker id.
+    pub fn stats(&self) -> &[Arc<WorkerStats>] {
+        &self.stats
+    }
+
+    /// The I/O driver each worker runs (`io_uring` or `epoll`).
+    pub fn drivers(&self) -> &[&'static str] {
+        &self.drivers
+    }
+
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
+    }
+
+    /// Block until every worker has exited.
+    pub fn wait(mut self) {
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// Stop accepting, let in-flight requests finish (up to `drain`), and join the workers.
+    pub fn shutdown(mut self, drain: Duration) {
+        self.stop(drain);
+    }
+
+    fn stop(&mut self, drain: Duration) {
+        for w in &self.workers {
+            let _ = w.inbox_tx.send(WorkerMsg::Shutdown { drain });
+        }
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(1));
+    }
+}
+
+/// Start the workers for `config`. `workers` overrides `server.workers` when given.
+pub fn start(config: Config, workers: Option<usize>) -> Result<Running, Error> {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let count = match workers.unwrap_or(config.server.workers) {
+        0 => cores.len().max(1),
+        n => n,
+    };
+    let (listeners, local_addr) = bind_listeners(config.server.bind, count, config.server.backlog)?;
+    let snapshot = Arc::new(Snapshot::build(config, 1, count));
+    let (ready_tx, ready_rx) = bounded(count);
+    let mut running = Running {
+        local_addr,
+        workers: Vec::with_capacity(count),
+        stats: Vec::with_capacity(count),
+        drivers: vec![""; count],
+        snapshot: snapshot.clone(),
+    };
+    for (id, listener) in listeners.into_iter().enumerate() {
+        let (inbox_tx, inbox_rx) = bounded(64);
+        let stats = Arc::new(WorkerStats::default());
+        let start = worker::Start {
+            id,
+            // Worker i runs on the i-th allowed CPU, wrapping when there are more workers.
+            core: (!cores.is_empty()).then(|| cores[id % cores.len()]),
+            listener,
+            snapshot: snapshot.clone(),
+            inbox_rx,
+            ready_tx: ready_tx.clone(),
+            stats: stats.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("dispa-worker-{id}"))
+            .spawn(move || worker::run(start))
+            .map_err(Error::Thread)?;
+        running.workers.push(WorkerHandle {
+            inbox_tx,
+            thread: Some(thread),
+        });
+        running.stats.push(stats);
+    }
+    drop(ready_tx);
+    for _ in 0..count {
+        match ready_rx.recv() {
+            Ok(WorkerReady::Up { id, driver }) => running.drivers[id] = driver,
+            Ok(WorkerReady::Failed { id, reason }) => return Err(Error::Worker { id, reason }),
+            Err(_) => {
+                return Err(Error::Worker {
+                    id: usize::MAX,
+                    reason: "a worker exited during start-up".into(),
+                });
+            }
+        }
+    }
+    Ok(running)
+}
+
+/// One listener per worker on the same address. A probe bound without SO_REUSEPORT first
+/// makes "address in use" an error even when the holder is another SO_REUSEPORT process
+/// (which would otherwise silently share the port).
+fn bind_listeners(
+    addr: SocketAddr,
+    count: usize,
+    backlog: u32,
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr), Error> {
+    let err = |source| Error::Bind { addr, source };
+    let domain = Domain::for_address(addr);
+    let probe = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+    probe.set_reuse_address(true).map_err(err)?;
+    probe.bind(&addr.into()).map_err(err)?;
+    let local = probe.local_addr().map_err(err)?.as_socket().unwrap_or(addr);
+    drop(probe);
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+        s.set_reuse_address(true).map_err(err)?;
+        s.set_reuse_port(true).map_err(err)?;
+        s.set_nonblocking(true).map_err(err)?;
+        s.bind(&local.into()).map_err(err)?;
+        s.listen(backlog as i32).map_err(err)?;
+        out.push(s.into());
+    }
+    Ok((out, local))
+}

@@ -1,0 +1,626 @@
+//! Walks the TOML tree into a [`Config`], recording every unknown key and bad value with its
+//! dotted path instead of stopping at the first. Defaults live here, next to their keys.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+use super::{
+    Algorithm, Config, Domains, FieldError, HealthCheck, IoDriver, Limits, Server, Target, Targets,
+    Timeouts, Upstream, UringFlags,
+};
+
+/// Decode the whole file. Returns `None` only when a required section is missing entirely
+/// (the error is recorded); otherwise a config built from values and defaults.
+pub(super) fn decode(root: &Table, errors: &mut Vec<FieldError>) -> Option<Config> {
+    let mut top = Section::new("", root);
+    let server = server(top.table("server", errors), errors);
+    let domains = domains(top.table("domains", errors), errors);
+    let targets = targets(top.table("targets", errors), errors);
+    let upstream = upstream(top.table("upstream", errors), errors);
+    let timeouts = timeouts(top.table("timeouts", errors), errors);
+    let limits = limits(top.table("limits", errors), errors);
+    top.finish(errors);
+    Some(Config {
+        server,
+        domains: domains?,
+        targets: targets?,
+        upstream,
+        timeouts,
+        limits,
+    })
+}
+
+fn server(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Server {
+    let mut s = s.unwrap_or_else(|| Section::empty("server"));
+    let bind = match s.get_alias("bind", "bind_address") {
+        Some((key, v)) => match v.as_str().map(str::parse::<SocketAddr>) {
+            Some(Ok(addr)) => addr,
+            _ => {
+                s.error(
+                    errors,
+                    key,
+                    "expected an address like \"0.0.0.0:8080\" or \"[::]:8080\"",
+                );
+                default_bind()
+            }
+        },
+        None => default_bind(),
+    };
+    let workers = s.uint("workers", 0, 0, 1024, errors) as usize;
+    let io_driver = match s.string("io_driver", errors).as_deref() {
+        None | Some("auto") => IoDriver::Auto,
+        Some("io_uring") => IoDriver::IoUring,
+        Some("legacy") | Some("epoll") => IoDriver::Legacy,
+        Some(_) => {
+            s.error(
+                errors,
+                "io_driver",
+                "expected \"auto\", \"io_uring\" or \"legacy\"",
+            );
+            IoDriver::Auto
+        }
+    };
+    let mut uring = UringFlags::default();
+    let flags = s
+        .strings("uring_flags", errors)
+        .unwrap_or_else(|| vec!["coop_taskrun".to_string()]);
+    for flag in flags {
+        match flag.as_str() {
+            "coop_taskrun" => uring.coop_taskrun = true,
+            "single_issuer" => uring.single_issuer = true,
+            "defer_taskrun" => uring.defer_taskrun = true,
+            other => s.error(
+                errors,
+                "uring_flags",
+                &format!(
+                    "unknown flag {other:?} (known: coop_taskrun, single_issuer, defer_taskrun)"
+                ),
+            ),
+        }
+    }
+    if uring.defer_taskrun && !uring.single_issuer {
+        s.error(
+            errors,
+            "uring_flags",
+            "defer_taskrun requires single_issuer",
+        );
+    }
+    let uring_entries = s.uint("uring_entries", 1024, 8, 32768, errors) as u32;
+    let backlog = s.uint("backlog", 4096, 1, 65535, errors) as u32;
+    s.finish(errors);
+    Server {
+        bind,
+        workers,
+        io_driver,
+        uring,
+        uring_entries,
+        backlog,
+    }
+}
+
+fn default_bind() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+
+fn domains(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Option<Domains> {
+    let Some(mut s) = s else {
+        errors.push(FieldError {
+            path: "domains".into(),
+            reason: "missing section: [domains] with intercept_domains is required".into(),
+        });
+        return None;
+    };
+    let intercept = match s.strings("intercept_domains", errors) {
+        Some(list) => list,
+        None => {
+            if !s.has("intercept_domains") {
+                s.error(
+                    errors,
+                    "intercept_domains",
+                    "required: the domains to intercept",
+                );
+            }
+            Vec::new()
+        }
+    };
+    let exclude = s.strings("exclude_domains", errors).unwrap_or_default();
+    let mut check = |key: &str, list: Vec<String>| -> Vec<String> {
+        list.into_iter()
+            .enumerate()
+            .filter_map(|(i, d)| match normalize_pattern(&d) {
+                Ok(p) => Some(p),
+                Err(reason) => {
+                    s.error(errors, &format!("{key}[{i}]"), &format!("{d:?}: {reason}"));
+                    None
+                }
+            })
+            .collect()
+    };
+    let intercept = check("intercept_domains", intercept);
+    let exclude = check("exclude_domains", exclude);
+    s.finish(errors);
+    Some(Domains { intercept, exclude })
+}
+
+/// Lowercase a domain pattern and check its syntax: `name.tld` or `*.name.tld`.
+fn normalize_pattern(raw: &str) -> Result<String, &'static str> {
+    let p = raw.trim().trim_end_matches('.').to_ascii_lowercase();
+    let name = p.strip_prefix("*.").unwrap_or(&p);
+    if name.is_empty() {
+        return Err("empty domain");
+    }
+    if name.len() > 253 {
+        return Err("longer than 253 characters");
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if !name.split('.').all(label_ok) {
+        return Err(
+            "expected \"example.com\" or \"*.example.com\" (letters, digits, '-', '_' per label)",
+        );
+    }
+    Ok(p)
+}
+
+fn targets(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Option<Targets> {
+    let Some(mut s) = s else {
+        errors.push(FieldError {
+            path: "targets".into(),
+            reason: "missing section: at least one [[targets.targets]] is required".into(),
+        });
+        return None;
+    };
+    let list: Vec<Target> = s
+        .tables("targets", errors)
+        .into_iter()
+        .filter_map(|t| target(t, errors))
+        .collect();
+    if !s.has("targets") {
+        s.error(
+            errors,
+            "targets",
+            "required: at least one [[targets.targets]]",
+        );
+    }
+    let algorithm = match s.table("load_balancing", errors) {
+        Some(mut lb) => {
+            let a = match lb.string("type", errors).as_deref() {
+                None | Some("round_robin") => Algorithm::RoundRobin,
+                Some("weighted") | Some("weighted_round_robin") => Algorithm::Weighted,
+                Some("random") => Algorithm::Random,
+                Some("least_connections") | Some("least_conn") => Algorithm::LeastConnections,
+                Some(_) => {
+                    lb.error(
+                        errors,
+                        "type",
+                        "expected \"round_robin\", \"weighted\", \"random\" or \"least_connections\"",
+                    );
+                    Algorithm::RoundRobin
+                }
+            };
+            lb.finish(errors);
+            a
+        }
+        None => Algorithm::RoundRobin,
+    };
+    let health_check = health_check(s.table("health_check", errors), errors);
+    s.finish(errors);
+    Some(Targets {
+        targets: list,
+        algorithm,
+        health_check,
+    })
+}
+
+fn target(mut t: Section<'_>, errors: &mut Vec<FieldError>) -> Option<Target> {
+    let name = t.string("name", errors);
+    if name.is_none() && !t.has("name") {
+        t.error(errors, "name", "required");
+    }
+    let url = t.string("url", errors);
+    if url.is_none() && !t.has("url") {
+        t.error(errors, "url", "required, e.g. \"http://127.0.0.1:3000\"");
+    }
+    let weight = t.uint("weight", 1, 1, 1_000_000, errors) as u32;
+    let timeout = t.duration_opt("timeout", errors);
+    let rewrite_host = t.bool("rewrite_host", false, errors);
+    let parsed = url.as_deref().and_then(|u| match parse_target_url(u) {
+        Ok(p) => Some(p),
+        Err(reason) => {
+            t.error(errors, "url", &format!("{u:?}: {reason}"));
+            None
+        }
+    });
+    t.finish(errors);
+    let (addr, authority, path_prefix) = parsed?;
+    Some(Target {
+        name: name?,
+        url: url?,
+        addr,
+        authority,
+        path_prefix,
+        weight,
+        timeout,
+        rewrite_host,
+    })
+}
+
+/// `http://host[:port][/path]` → (resolved address, authority, path prefix without trailing `/`).
+/// Names are resolved here, once, because workers must never block on DNS.
+fn parse_target_url(url: &str) -> Result<(SocketAddr, String, String), String> {
+    let rest = if let Some(rest) = url.strip_prefix("http://") {
+        rest
+    } else if url.starts_with("https://") {
+        return Err(
+            "https targets are not supported (Dispa speaks plain HTTP/1.1 upstream)".into(),
+        );
+    } else {
+        return Err("expected a URL starting with http://".into());
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return Err("expected http://host[:port][/path]".into());
+    }
+    if path.contains(['?', '#', ' ']) {
+        return Err("the path may not contain '?', '#' or spaces".into());
+    }
+    let with_port = if authority.starts_with('[') {
+        if authority.ends_with(']') {
+            format!("{authority}:80")
+        } else {
+            authority.to_string()
+        }
+    } else if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {authority}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{authority} resolved to no address"))?;
+    Ok((
+        addr,
+        authority.to_string(),
+        path.trim_end_matches('/').to_string(),
+    ))
+}
+
+fn health_check(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> HealthCheck {
+    let mut s = s.unwrap_or_else(|| Section::empty("targets.health_check"));
+    let enabled = s.bool("enabled", true, errors);
+    let interval = s.duration("interval", Duration::from_secs(30), errors);
+    let timeout = s.duration("timeout", Duration::from_secs(5), errors);
+    let path = s.string("path", errors).unwrap_or_else(|| "/".into());
+    if !path.starts_with('/') {
+        s.error(errors, "path", "must start with '/'");
+    }
+    let expected_status = match s.get("expected_status") {
+        None => (200, 399),
+        Some(v) => match status_range(v) {
+            Some(r) => r,
+            None => {
+                s.error(
+                    errors,
+                    "expected_status",
+                    "expected a status like 200 or a range \"200-399\"",
+                );
+                (200, 399)
+            }
+        },
+    };
+    let healthy_threshold = s.uint("healthy_threshold", 2, 1, 100, errors) as u32;
+    let unhealthy_threshold = s.uint("unhealthy_threshold", 3, 1, 100, errors) as u32;
+    s.finish(errors);
+    HealthCheck {
+        enabled,
+        interval,
+        timeout,
+        path,
+        expected_status,
+        healthy_threshold,
+        unhealthy_threshold,
+    }
+}
+
+fn status_range(v: &Value) -> Option<(u16, u16)> {
+    let ok = |c: i64| (100..=599).contains(&c);
+    match v {
+        Value::Integer(c) if ok(*c) => Some((*c as u16, *c as u16)),
+        Value::String(s) => {
+            let (a, b) = s.split_once('-')?;
+            let (a, b): (i64, i64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+            (ok(a) && ok(b) && a <= b).then_some((a as u16, b as u16))
+        }
+        _ => None,
+    }
+}
+
+fn upstream(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Upstream {
+    let mut s = s.unwrap_or_else(|| Section::empty("upstream"));
+    let u = Upstream {
+        keepalive: s.bool("keepalive", true, errors),
+        max_idle_per_target: s.uint("max_idle_per_target", 64, 0, 100_000, errors) as usize,
+        max_tries: s.uint("max_tries", 3, 1, 100, errors) as u32,
+    };
+    s.finish(errors);
+    u
+}
+
+fn timeouts(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Timeouts {
+    let mut s = s.unwrap_or_else(|| Section::empty("timeouts"));
+    let secs = Duration::from_secs;
+    let t = Timeouts {
+        connect: s.duration("connect", secs(5), errors),
+        upstream_response: s.duration("upstream_response", secs(60), errors),
+        upstream_idle: s.duration("upstream_idle", secs(30), errors),
+        client_head: s.duration("client_head", secs(30), errors),
+        client_body: s.duration("client_body", secs(60), errors),
+        keepalive: s.duration("keepalive", secs(75), errors),
+        send: s.duration("send", secs(60), errors),
+        expect_continue: s.duration("expect_continue", secs(1), errors),
+    };
+    s.finish(errors);
+    t
+}
+
+fn limits(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Limits {
+    let mut s = s.unwrap_or_else(|| Section::empty("limits"));
+    let l = Limits {
+        max_head_bytes: s.uint("max_head_bytes", 16 * 1024, 1024, 1024 * 1024, errors) as usize,
+        max_uri_bytes: s.uint("max_uri_bytes", 8 * 1024, 64, 1024 * 1024, errors) as usize,
+        max_headers: s.uint(
+            "max_headers",
+            100,
+            8,
+            crate::http::MAX_HEADERS as u64,
+            errors,
+        ) as usize,
+        max_connections: s.uint("max_connections", 16384, 1, 10_000_000, errors) as usize,
+    };
+    s.finish(errors);
+    l
+}
+
+/// One TOML table being read: remembers which keys were asked for so that
+/// [`Section::finish`] can report the rest as unknown.
+struct Section<'a> {
+    path: String,
+    table: Option<&'a Table>,
+    known: Vec<&'a str>,
+}
+
+impl<'a> Section<'a> {
+    fn new(path: &str, table: &'a Table) -> Self {
+        Section {
+            path: path.to_string(),
+            table: Some(table),
+            known: Vec::new(),
+        }
+    }
+
+    fn empty(path: &str) -> Self {
+        Section {
+            path: path.to_string(),
+            table: None,
+            known: Vec::new(),
+        }
+    }
+
+    fn key_path(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{}", self.path, key)
+        }
+    }
+
+    fn error(&self, errors: &mut Vec<FieldError>, key: &str, reason: &str) {
+        errors.push(FieldError {
+            path: self.key_path(key),
+            reason: reason.to_string(),
+        });
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.table.is_some_and(|t| t.contains_key(key))
+    }
+
+    fn get(&mut self, key: &'a str) -> Option<&'a Value> {
+        self.known.push(key);
+        self.table?.get(key)
+    }
+
+    /// A key with an accepted alias; returns the spelling that was used.
+    fn get_alias(&mut self, key: &'a str, alias: &'a str) -> Option<(&'a str, &'a Value)> {
+        match (self.get(key), self.get(alias)) {
+            (Some(v), _) => Some((key, v)),
+            (None, Some(v)) => Some((alias, v)),
+            (None, None) => None,
+        }
+    }
+
+    fn typed<T>(
+        &mut self,
+        key: &'a str,
+        errors: &mut Vec<FieldError>,
+        expected: &str,
+        f: impl FnOnce(&'a Value) -> Option<T>,
+    ) -> Option<T> {
+        let v = self.get(key)?;
+        let out = f(v);
+        if out.is_none() {
+            self.error(
+                errors,
+                key,
+                &format!("expected {expected}, found {}", v.type_str()),
+            );
+        }
+        out
+    }
+
+    fn string(&mut self, key: &'a str, errors: &mut Vec<FieldError>) -> Option<String> {
+        self.typed(key, errors, "a string", |v| v.as_str().map(str::to_string))
+    }
+
+    fn bool(&mut self, key: &'a str, default: bool, errors: &mut Vec<FieldError>) -> bool {
+        self.typed(key, errors, "true or false", Value::as_bool)
+            .unwrap_or(default)
+    }
+
+    fn uint(
+        &mut self,
+        key: &'a str,
+        default: u64,
+        min: u64,
+        max: u64,
+        errors: &mut Vec<FieldError>,
+    ) -> u64 {
+        let expected = format!("an integer from {min} to {max}");
+        self.typed(key, errors, &expected, |v| {
+            v.as_integer()
+                .and_then(|i| u64::try_from(i).ok())
+                .filter(|i| (min..=max).contains(i))
+        })
+        .unwrap_or(default)
+    }
+
+    fn strings(&mut self, key: &'a str, errors: &mut Vec<FieldError>) -> Option<Vec<String>> {
+        self.typed(key, errors, "an array of strings", |v| {
+            v.as_array()?
+                .iter()
+                .map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+    }
+
+    fn duration_opt(&mut self, key: &'a str, errors: &mut Vec<FieldError>) -> Option<Duration> {
+        self.typed(
+            key,
+            errors,
+            "a duration: seconds as a number, or a string like \"500ms\", \"5s\", \"2m\"",
+            parse_duration,
+        )
+    }
+
+    fn duration(
+        &mut self,
+        key: &'a str,
+        default: Duration,
+        errors: &mut Vec<FieldError>,
+    ) -> Duration {
+        self.duration_opt(key, errors).unwrap_or(default)
+    }
+
+    fn table(&mut self, key: &'a str, errors: &mut Vec<FieldError>) -> Option<Section<'a>> {
+        let path = self.key_path(key);
+        self.typed(key, errors, "a table", Value::as_table)
+            .map(|t| Section::new(&path, t))
+    }
+
+    /// An array of tables (`[[key]]`), each section named `key[i]`.
+    fn tables(&mut self, key: &'a str, errors: &mut Vec<FieldError>) -> Vec<Section<'a>> {
+        let path = self.key_path(key);
+        let Some(items) = self.typed(key, errors, "an array of tables", Value::as_array) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item.as_table() {
+                Some(t) => out.push(Section::new(&format!("{path}[{i}]"), t)),
+                None => errors.push(FieldError {
+                    path: format!("{path}[{i}]"),
+                    reason: "expected a table".into(),
+                }),
+            }
+        }
+        out
+    }
+
+    fn finish(self, errors: &mut Vec<FieldError>) {
+        let Some(table) = self.table else { return };
+        for key in table.keys() {
+            if !self.known.contains(&key.as_str()) {
+                self.error(errors, key, "unknown key");
+            }
+        }
+    }
+}
+
+/// Seconds as an integer or float, or a string with a unit: `ms`, `s`, `m`, `h`.
+fn parse_duration(v: &Value) -> Option<Duration> {
+    match v {
+        Value::Integer(i) if *i >= 0 => Some(Duration::from_secs(*i as u64)),
+        Value::Float(f) if f.is_finite() && *f >= 0.0 => Some(Duration::from_secs_f64(*f)),
+        Value::String(s) => {
+            let s = s.trim();
+            let split = s.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+            let (num, unit) = s.split_at(split);
+            let n: f64 = num.parse().ok()?;
+            let secs = match unit.trim() {
+                "ms" => n / 1000.0,
+                "s" => n,
+                "m" => n * 60.0,
+                "h" => n * 3600.0,
+                _ => return None,
+            };
+            Some(Duration::from_secs_f64(secs))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_seconds_and_units() {
+        assert_eq!(
+            parse_duration(&Value::Integer(30)),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_duration(&Value::Float(0.5)),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse_duration(&"250ms".into()),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(parse_duration(&"2m".into()), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration(&"5 parsecs".into()), None);
+        assert_eq!(parse_duration(&Value::Integer(-1)), None);
+    }
+
+    #[test]
+    fn target_url_keeps_prefix_and_defaults_port() {
+        let (addr, auth, prefix) = parse_target_url("http://127.0.0.1/api/").unwrap();
+        assert_eq!(addr, "127.0.0.1:80".parse().unwrap());
+        assert_eq!(auth, "127.0.0.1");
+        assert_eq!(prefix, "/api");
+        let (addr, _, prefix) = parse_target_url("http://[::1]:3000").unwrap();
+        assert_eq!(addr, "[::1]:3000".parse().unwrap());
+        assert_eq!(prefix, "");
+        assert!(parse_target_url("https://127.0.0.1").is_err());
+        assert!(parse_target_url("ftp://x").is_err());
+    }
+
+    #[test]
+    fn patterns_are_lowercased_and_checked() {
+        assert_eq!(normalize_pattern("*.Test.COM.").unwrap(), "*.test.com");
+        assert!(normalize_pattern("*").is_err());
+        assert!(normalize_pattern("a b.com").is_err());
+        assert!(normalize_pattern("*.*.com").is_err());
+    }
+}

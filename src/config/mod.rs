@@ -1,0 +1,220 @@
+//! Dispa's configuration: the TOML file read into typed, validated values.
+//! `file` walks the TOML tree (collecting every error with its key path), `validate` checks
+//! what spans keys, `snapshot` compiles a validated config into what workers run.
+
+mod file;
+pub mod snapshot;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub use snapshot::{Snapshot, TargetSpec};
+
+/// A fully validated configuration. Only [`load`] and [`parse`] build one.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub domains: Domains,
+    pub targets: Targets,
+    pub upstream: Upstream,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// `server.bind` (alias `bind_address`): where every worker listens with SO_REUSEPORT.
+    pub bind: SocketAddr,
+    /// `server.workers`: worker threads; 0 means one per CPU in the inherited affinity mask.
+    pub workers: usize,
+    pub io_driver: IoDriver,
+    pub uring: UringFlags,
+    /// `server.uring_entries`: submission queue size of each worker's ring.
+    pub uring_entries: u32,
+    /// `server.backlog`: listen(2) backlog of each worker's socket.
+    pub backlog: u32,
+}
+
+/// Which monoio driver a worker builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoDriver {
+    /// io_uring, falling back to epoll (with one warning) when the ring cannot be set up.
+    Auto,
+    /// io_uring only: a worker that cannot set up its ring fails to start.
+    IoUring,
+    /// epoll only (monoio's legacy driver).
+    Legacy,
+}
+
+/// io_uring setup flags, passed to monoio's ring builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UringFlags {
+    pub coop_taskrun: bool,
+    pub single_issuer: bool,
+    pub defer_taskrun: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Domains {
+    /// Exact names (`example.com`) and wildcards (`*.test.com`), lowercased, no trailing dot.
+    pub intercept: Vec<String>,
+    /// Same syntax; an excluded host is never intercepted even when `intercept` matches it.
+    pub exclude: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Targets {
+    pub targets: Vec<Target>,
+    pub algorithm: Algorithm,
+    pub health_check: HealthCheck,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub name: String,
+    pub url: String,
+    /// Resolved once when the config is loaded (workers never resolve names).
+    pub addr: SocketAddr,
+    /// `host[:port]` of the URL, sent as `Host` when `rewrite_host` is set.
+    pub authority: String,
+    /// Path of the URL without a trailing slash (`""` for none); prefixed to every request path.
+    pub path_prefix: String,
+    pub weight: u32,
+    /// Per-target override of `timeouts.upstream_response`.
+    pub timeout: Option<Duration>,
+    pub rewrite_host: bool,
+}
+
+/// Load-balancing algorithm, `[targets.load_balancing] type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    RoundRobin,
+    /// Smooth weighted round robin (nginx's algorithm).
+    Weighted,
+    /// Weighted random.
+    Random,
+    /// Fewest in-flight requests across all workers, relative to weight.
+    LeastConnections,
+}
+
+impl Algorithm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::Weighted => "weighted",
+            Algorithm::Random => "random",
+            Algorithm::LeastConnections => "least_connections",
+        }
+    }
+}
+
+/// `[targets.health_check]`. Parsed and validated now; the control thread that runs the
+/// probes is a separate capability (see docs/USER_MANUAL.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub enabled: bool,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub path: String,
+    pub expected_status: (u16, u16),
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+/// `[upstream]`: the per-worker connection pools and failover.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub keepalive: bool,
+    pub max_idle_per_target: usize,
+    /// Attempts to connect (each to a different target when there is one) before giving up.
+    pub max_tries: u32,
+}
+
+/// `[timeouts]`, all durations.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub upstream_response: Duration,
+    pub upstream_idle: Duration,
+    pub client_head: Duration,
+    pub client_body: Duration,
+    pub keepalive: Duration,
+    pub send: Duration,
+    pub expect_continue: Duration,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_head_bytes: usize,
+    pub max_uri_bytes: usize,
+    pub max_headers: usize,
+    pub max_connections: usize,
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug)]
+pub enum Error {
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    Syntax {
+        message: String,
+    },
+    /// Every invalid key found, each with its dotted path.
+    Invalid(Vec<FieldError>),
+}
+
+/// One invalid key: `path` is dotted (`targets.targets[1].url`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { path, source } => write!(f, "cannot read config {path}: {source}"),
+            Error::Syntax { message } => write!(f, "config is not valid TOML: {message}"),
+            Error::Invalid(errors) => {
+                write!(f, "config has {} error(s):", errors.len())?;
+                for e in errors {
+                    write!(f, "\n  {}: {}", e.path, e.reason)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Read and validate the file at `path`.
+pub fn load(path: &Path) -> Result<Config, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text)
+}
+
+/// Validate TOML text.
+pub fn parse(text: &str) -> Result<Config, Error> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| Error::Syntax {
+        message: e.to_string(),
+    })?;
+    let mut errors = Vec::new();
+    let config = file::decode(&table, &mut errors);
+    if let Some(config) = &config {
+        validate::check(config, &mut errors);
+    }
+    match config {
+        Some(config) if errors.is_empty() => Ok(config),
+        _ => Err(Error::Invalid(errors)),
+    }
+}

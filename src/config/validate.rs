@@ -1,0 +1,53 @@
+//! Checks that span several keys (the per-key checks live in `file`).
+
+use std::collections::HashSet;
+
+use super::{Config, FieldError};
+
+pub(super) fn check(config: &Config, errors: &mut Vec<FieldError>) {
+    let mut err = |path: String, reason: String| errors.push(FieldError { path, reason });
+    if config.domains.intercept.is_empty() {
+        err(
+            "domains.intercept_domains".into(),
+            "must list at least one domain; Dispa forwards nothing else".into(),
+        );
+    }
+    let targets = &config.targets.targets;
+    if targets.is_empty() {
+        err(
+            "targets.targets".into(),
+            "at least one target is required".into(),
+        );
+    }
+    let mut names = HashSet::new();
+    for (i, t) in targets.iter().enumerate() {
+        if t.name.is_empty() {
+            err(
+                format!("targets.targets[{i}].name"),
+                "must not be empty".into(),
+            );
+        }
+        if !names.insert(t.name.as_str()) {
+            err(
+                format!("targets.targets[{i}].name"),
+                format!("duplicate target name {:?}", t.name),
+            );
+        }
+        if t.addr == config.server.bind {
+            err(
+                format!("targets.targets[{i}].url"),
+                "points at Dispa's own listen address (a forwarding loop)".into(),
+            );
+        }
+    }
+    let l = &config.limits;
+    if l.max_uri_bytes > l.max_head_bytes {
+        err(
+            "limits.max_uri_bytes".into(),
+            format!(
+                "must not exceed limits.max_head_bytes ({})",
+                l.max_head_bytes
+            ),
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! Dispa: an HTTP/1.1 traffic-intercepting reverse proxy, thread-per-core on io_uring.
+//!
+//! Threads and what they own:
+//! - `boot` binds one SO_REUSEPORT listener per worker and starts the workers;
+//! - each `worker` thread (pinned to a CPU) runs one monoio runtime: accept → parse
+//!   (`http`) → match the host (`route`) → pick a target (`balance`) → forward over its
+//!   own upstream pool → relay the response. Workers share nothing mutable but the
+//!   lock-free in-flight counters; they receive new [`config::Snapshot`]s as
+//!   [`msg::WorkerMsg`] on their own channel.
+//! - `demo` runs two small local backends for a first try.
+
+pub mod balance;
+pub mod boot;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod msg;
+pub mod route;
+pub mod worker;

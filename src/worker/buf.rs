@@ -1,0 +1,117 @@
+//! The read buffer of one side of a connection, for monoio's owned-buffer I/O: bytes are
+//! read in at the end and consumed from the front; unconsumed bytes (a pipelined request,
+//! the start of a body) stay for the next step.
+
+use std::io;
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+
+pub struct ReadBuf {
+    vec: Vec<u8>,
+    start: usize,
+}
+
+impl ReadBuf {
+    pub fn with_capacity(cap: usize) -> Self {
+        ReadBuf {
+            vec: Vec::with_capacity(cap),
+            start: 0,
+        }
+    }
+
+    pub fn data(&self) -> &[u8] {
+        &self.vec[self.start..]
+    }
+
+    pub fn len(&self) -> usize {
+        self.vec.len() - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.start += n;
+        debug_assert!(self.start <= self.vec.len());
+        if self.start == self.vec.len() {
+            self.vec.clear();
+            self.start = 0;
+        }
+    }
+
+    /// Read more bytes after the unconsumed ones, growing the buffer up to `max` bytes.
+    /// Returns the count read (0 at end of stream). The caller must not read when
+    /// `len() >= max`.
+    pub async fn fill<R: AsyncReadRent>(&mut self, io: &mut R, max: usize) -> io::Result<usize> {
+        if self.vec.len() == self.vec.capacity() {
+            if self.start > 0 {
+                self.vec.drain(..self.start);
+                self.start = 0;
+            }
+            if self.vec.len() == self.vec.capacity() {
+                let grow = self
+                    .vec
+                    .capacity()
+                    .max(4096)
+                    .min(max.saturating_sub(self.vec.len()));
+                self.vec.reserve_exact(grow.max(1));
+            }
+        }
+        // Taken out for the duration of the read: if this future is dropped (a timeout),
+        // the buffer stays with the driver and this side is left empty, never torn.
+        let vec = std::mem::take(&mut self.vec);
+        let start = std::mem::take(&mut self.start);
+        let len = vec.len();
+        let (res, slice) = io.read(vec.slice_mut(len..)).await;
+        self.vec = slice.into_inner();
+        self.start = start;
+        res
+    }
+
+    /// Write the first `n` unconsumed bytes to `io`, then consume them.
+    pub async fn write_front<W: AsyncWriteRent>(&mut self, io: &mut W, n: usize) -> io::Result<()> {
+        let vec = std::mem::take(&mut self.vec);
+        let start = std::mem::take(&mut self.start);
+        let (res, slice) = io.write_all(vec.slice(start..start + n)).await;
+        self.vec = slice.into_inner();
+        self.start = start;
+        res?;
+        self.consume(n);
+        Ok(())
+    }
+
+    /// Release memory held by an idle connection's buffer when it grew large.
+    pub fn shrink_if_idle(&mut self, keep: usize) {
+        if self.is_empty() && self.vec.capacity() > keep {
+            self.vec = Vec::with_capacity(keep);
+            self.start = 0;
+        }
+    }
+}
+
+/// Write all of `out` (an owned scratch vector) to `io`, handing it back cleared.
+pub async fn write_vec<W: AsyncWriteRent>(io: &mut W, out: &mut Vec<u8>) -> io::Result<()> {
+    let vec = std::mem::take(out);
+    let (res, mut vec) = io.write_all(vec).await;
+    vec.clear();
+    *out = vec;
+    res.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consume_resets_when_drained() {
+        let mut b = ReadBuf::with_capacity(8);
+        b.vec.extend_from_slice(b"abcdef");
+        b.consume(2);
+        assert_eq!(b.data(), b"cdef");
+        b.consume(4);
+        assert!(b.is_empty());
+        assert_eq!(b.start, 0);
+    }
+}

@@ -1,0 +1,162 @@
+//! One client connection: read a head, answer it (locally or by forwarding), repeat while
+//! keep-alive holds. Pipelined requests are answered in order because each is finished
+//! before the next head is parsed from the bytes left in the buffer.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use monoio::net::TcpStream;
+use monoio::time::{timeout, timeout_at};
+
+use super::buf::{ReadBuf, write_vec};
+use super::forward::{self, Next};
+use super::{Active, Worker, relay};
+use crate::http::parse::{RequestLimits, parse_request};
+use crate::http::{Body, RequestError, RequestHead, canned};
+use crate::route::{MAX_HOST_LEN, normalize_host};
+
+/// Initial capacity of a connection's buffers (grown up to the configured limits).
+pub const BUF_START: usize = 8 * 1024;
+
+/// A client connection and the scratch space its exchanges reuse.
+pub struct Conn {
+    pub worker: Rc<Worker>,
+    pub client: TcpStream,
+    /// The client's IP as text, for `X-Forwarded-For` (formatted once per connection).
+    pub client_ip: Vec<u8>,
+    /// Bytes read from the client and not yet used.
+    pub rbuf: ReadBuf,
+    /// Bytes read from the current upstream and not yet used.
+    pub ubuf: ReadBuf,
+    /// Heads and re-framed body chunks being written.
+    pub out: Vec<u8>,
+}
+
+/// Why reading a head ended without one.
+enum NoHead {
+    /// Closed, reset, or idle timeout with nothing pending: close quietly.
+    Quiet,
+    /// Answer with this status, then close.
+    Reply(u16, &'static str),
+}
+
+pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
+    let _ = client.set_nodelay(true);
+    worker.stats.open_connections.inc();
+    let mut client_ip = Vec::with_capacity(40);
+    let _ = write!(client_ip, "{}", peer.ip().to_canonical());
+    let mut conn = Conn {
+        worker: worker.clone(),
+        client,
+        client_ip,
+        rbuf: ReadBuf::with_capacity(BUF_START),
+        ubuf: ReadBuf::with_capacity(0),
+        out: Vec::with_capacity(1024),
+    };
+    if let Some(upstream) = conn.run().await {
+        relay::tunnel(conn.client, upstream).await;
+    }
+    worker.stats.open_connections.dec();
+}
+
+impl Conn {
+    /// Serve requests until the connection closes; returns an upstream connection when
+    /// the client's connection has become a tunnel to it.
+    async fn run(&mut self) -> Option<TcpStream> {
+        loop {
+            let active = self.worker.active();
+            let head = match self.read_head(&active).await {
+                Ok(head) => head,
+                Err(NoHead::Quiet) => return None,
+                Err(NoHead::Reply(status, why)) => {
+                    self.worker.stats.requests.inc();
+                    let _ = self.reply(status, why, true).await;
+                    return None;
+                }
+            };
+            self.worker.stats.busy_requests.inc();
+            let next = self.handle(&active, head).await;
+            self.worker.stats.busy_requests.dec();
+            match next {
+                Next::KeepAlive if !self.worker.stopping.get() => {}
+                Next::KeepAlive | Next::Close => return None,
+                Next::Tunnel(upstream) => return Some(upstream),
+            }
+            self.ubuf.shrink_if_idle(BUF_START);
+        }
+    }
+
+    /// Wait for a complete head: up to `keepalive` for its first byte, then up to
+    /// `client_head` for the rest.
+    async fn read_head(&mut self, active: &Active) -> Result<RequestHead, NoHead> {
+        let cfg = &active.snapshot.config;
+        let limits = RequestLimits {
+            max_headers: cfg.limits.max_headers,
+            max_uri_bytes: cfg.limits.max_uri_bytes,
+        };
+        let max_head = cfg.limits.max_head_bytes;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if !self.rbuf.is_empty() {
+                match parse_request(self.rbuf.data(), &limits) {
+                    Ok(Some(head)) => return Ok(head),
+                    Ok(None) if self.rbuf.len() >= max_head => {
+                        let e = RequestError::HeadTooLarge;
+                        return Err(NoHead::Reply(e.status(), e.reason()));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(NoHead::Reply(e.status(), e.reason())),
+                }
+                deadline.get_or_insert_with(|| Instant::now() + cfg.timeouts.client_head);
+            }
+            let read = self.rbuf.fill(&mut self.client, max_head);
+            let res = match deadline {
+                None => timeout(cfg.timeouts.keepalive, read).await,
+                Some(d) => timeout_at(d.into(), read).await,
+            };
+            match res {
+                Ok(Ok(n)) if n > 0 => self.worker.stats.bytes_from_clients.add(n as u64),
+                Ok(_) => return Err(NoHead::Quiet),
+                Err(_) if deadline.is_some() => {
+                    return Err(NoHead::Reply(408, "timed out reading the request head"));
+                }
+                Err(_) => return Err(NoHead::Quiet),
+            }
+        }
+    }
+
+    /// Answer one request.
+    async fn handle(&mut self, active: &Active, head: RequestHead) -> Next {
+        let mut host_buf = [0u8; MAX_HOST_LEN];
+        let intercepted = normalize_host(head.host.of(self.rbuf.data()), &mut host_buf)
+            .is_some_and(|host| active.snapshot.routes.intercepts(host));
+        self.worker.stats.requests.inc();
+        if !intercepted {
+            // Never forwarded anywhere: Dispa is not an open proxy.
+            self.worker.stats.not_intercepted.inc();
+            let keep = head.keep_alive && head.body == Body::None;
+            self.rbuf.consume(head.head_len);
+            let sent = self.reply(404, "domain not intercepted", !keep).await;
+            return if sent && keep {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            };
+        }
+        forward::exchange(self, active, head).await
+    }
+
+    /// Send a generated response; returns whether it was written.
+    pub async fn reply(&mut self, status: u16, message: &str, close: bool) -> bool {
+        self.worker.stats.response(status);
+        self.out.clear();
+        canned::response(&mut self.out, status, message, close);
+        let send = self.worker.active().snapshot.config.timeouts.send;
+        matches!(
+            timeout(send, write_vec(&mut self.client, &mut self.out)).await,
+            Ok(Ok(()))
+        )
+    }
+}

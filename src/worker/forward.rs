@@ -1,0 +1,524 @@
+//! One proxied exchange: pick a target and get a connection (pooled or new, failing over
+//! on connect errors), send the rebuilt head and the body, relay interim responses, the
+//! final head and its body, and decide whether each side's connection can be reused.
+
+use std::time::Duration;
+
+use monoio::net::TcpStream;
+use monoio::time::timeout;
+
+use super::Active;
+use super::buf::write_vec;
+use super::conn::Conn;
+use super::relay::{self, Pace, ReadFailure, RelayError};
+use crate::balance::Candidates;
+use crate::config::TargetSpec;
+use crate::http::encode::{self, ClientFraming, Forward};
+use crate::http::parse::{field, parse_response};
+use crate::http::{Body, RequestHead, ResponseHead, canned};
+
+/// Bodies up to this size that are already buffered go out in the same write as the head.
+const INLINE_BODY: u64 = 16 * 1024;
+
+/// What the connection does after an exchange.
+pub enum Next {
+    KeepAlive,
+    Close,
+    /// The target switched protocols: relay bytes both ways on this upstream connection.
+    Tunnel(TcpStream),
+}
+
+/// How an exchange failed before a final response reached the client.
+enum Failure {
+    /// A reused connection failed before any response byte: safe to retry on a new one.
+    Stale,
+    /// Answer the client with this status and close.
+    Answer(u16, &'static str),
+    /// The client went away or was too slow; `Some` answers it first.
+    Client(Option<(u16, &'static str)>),
+}
+
+/// Counts the request against its target for `least_connections` while it runs.
+struct InflightGuard<'a> {
+    target: &'a TargetSpec,
+    worker: usize,
+}
+
+impl<'a> InflightGuard<'a> {
+    fn new(target: &'a TargetSpec, worker: usize) -> Self {
+        target.inflight.add(worker, 1);
+        InflightGuard { target, worker }
+    }
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.target.inflight.add(self.worker, -1);
+    }
+}
+
+struct Upstream {
+    stream: TcpStream,
+    reused: bool,
+}
+
+pub async fn exchange(conn: &mut Conn, active: &Active, head: RequestHead) -> Next {
+    let snap = &active.snapshot;
+    let cfg = &snap.config;
+    let (idx, up) = match pick_and_connect(conn, active).await {
+        Ok(found) => found,
+        Err((status, why)) => {
+            // Nothing was sent; the connection survives only if no body is left unread.
+            let keep = head.keep_alive && head.body == Body::None;
+            conn.rbuf.consume(head.head_len);
+            let sent = conn.reply(status, why, !keep).await;
+            return if sent && keep {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            };
+        }
+    };
+    let target = &snap.targets[idx];
+    let _inflight = InflightGuard::new(target, conn.worker.id);
+    let mut up = up;
+
+    conn.out.clear();
+    let host_override = target.rewrite_host.then_some(target.authority.as_bytes());
+    let fwd = Forward {
+        path_prefix: target.path_prefix.as_bytes(),
+        host_override,
+        client_ip: &conn.client_ip,
+    };
+    encode::request_head(&mut conn.out, conn.rbuf.data(), &head, &fwd);
+    conn.rbuf.consume(head.head_len);
+    // A small body already in the buffer goes out with the head; then the whole request
+    // is in `out` and can be sent again if a reused connection turns out to be stale.
+    let mut body_sent = head.body == Body::None;
+    if let Body::Length(n) = head.body
+        && n <= INLINE_BODY
+        && conn.rbuf.len() as u64 >= n
+    {
+        conn.out.extend_from_slice(&conn.rbuf.data()[..n as usize]);
+        conn.rbuf.consume(n as usize);
+        body_sent = true;
+    }
+    let replayable = body_sent;
+
+    let mut retried = false;
+    let (response, expect_refused) = loop {
+        match send_request(conn, &mut up, &head, target, body_sent).await {
+            Ok(r) => break r,
+            Err(Failure::Stale) if up.reused && replayable && !retried => {
+                retried = true;
+                conn.worker.stats.upstream_retries.inc();
+                conn.ubuf.consume(conn.ubuf.len());
+                match connect(conn, target, cfg.timeouts.connect).await {
+                    Ok(stream) => {
+                        up = Upstream {
+                            stream,
+                            reused: false,
+                        }
+                    }
+                    Err((status, why)) => return fail(conn, Failure::Answer(status, why)).await,
+                }
+            }
+            Err(Failure::Stale) => {
+                return fail(conn, Failure::Answer(502, "target closed the connection")).await;
+            }
+            Err(f) => return fail(conn, f).await,
+        }
+    };
+    conn.out.clear();
+    respond(conn, active, &head, idx, up, response, expect_refused).await
+}
+
+/// Pick a target (excluding ones that already failed) and get a connection to it.
+async fn pick_and_connect(
+    conn: &mut Conn,
+    active: &Active,
+) -> Result<(usize, Upstream), (u16, &'static str)> {
+    let snap = &active.snapshot;
+    let cfg = &snap.config;
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last = (503, "no target available");
+    for _ in 0..cfg.upstream.max_tries {
+        let excluded = |i: usize| tried.contains(&i);
+        let candidates = Candidates {
+            weights: &active.weights,
+            excluded: &excluded,
+        };
+        let load = |i: usize| snap.targets[i].inflight.total();
+        let Some(idx) = active.balancer.borrow_mut().pick(&candidates, &load) else {
+            break;
+        };
+        if let Some(stream) = conn.worker.pool.take(idx) {
+            conn.worker.stats.upstream_reused.inc();
+            return Ok((
+                idx,
+                Upstream {
+                    stream,
+                    reused: true,
+                },
+            ));
+        }
+        match connect(conn, &snap.targets[idx], cfg.timeouts.connect).await {
+            Ok(stream) => {
+                return Ok((
+                    idx,
+                    Upstream {
+                        stream,
+                        reused: false,
+                    },
+                ));
+            }
+            Err(e) => last = e,
+        }
+        tried.push(idx);
+    }
+    Err(last)
+}
+
+async fn connect(
+    conn: &Conn,
+    target: &TargetSpec,
+    limit: Duration,
+) -> Result<TcpStream, (u16, &'static str)> {
+    let stats = &conn.worker.stats;
+    stats.upstream_connects.inc();
+    match timeout(limit, TcpStream::connect_addr(target.addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(e)) => {
+            stats.upstream_connect_failures.inc();
+            tracing::debug!(target = %target.name, error = %e, "connect failed");
+            Err((502, "cannot connect to the target"))
+        }
+        Err(_) => {
+            stats.upstream_connect_failures.inc();
+            tracing::debug!(target = %target.name, "connect timed out");
+            Err((504, "timed out connecting to the target"))
+        }
+    }
+}
+
+/// Send the head in `conn.out` (kept intact for a retry), then the body, and read up to
+/// the final response head. Returns it with `true` when the target answered an
+/// `Expect: 100-continue` with a final status, so the body was never sent.
+async fn send_request(
+    conn: &mut Conn,
+    up: &mut Upstream,
+    head: &RequestHead,
+    target: &TargetSpec,
+    body_sent: bool,
+) -> Result<(ResponseHead, bool), Failure> {
+    let timeouts = conn.worker.active().snapshot.config.timeouts.clone();
+    let out = std::mem::take(&mut conn.out);
+    let (res, out) = match timeout(
+        timeouts.send,
+        monoio::io::AsyncWriteRentExt::write_all(&mut up.stream, out),
+    )
+    .await
+    {
+        Ok((res, out)) => (res.map(|_| ()), out),
+        Err(_) => return Err(Failure::Answer(504, "timed out sending to the target")),
+    };
+    conn.out = out;
+    if res.is_err() {
+        return Err(Failure::Stale);
+    }
+    if body_sent {
+        return read_final_head(conn, up, head, target.response_timeout)
+            .await
+            .map(|r| (r, false));
+    }
+    if head.expect_continue {
+        // Let the target accept or refuse the body before the client sends it.
+        match read_interim(conn, up, head, timeouts.expect_continue).await? {
+            Some(r) if r.status >= 200 => return Ok((r, true)),
+            Some(r) => conn.ubuf.consume(r.head_len), // its 100 was relayed
+            None => {
+                conn.out.clear();
+                conn.out.extend_from_slice(canned::CONTINUE);
+                if !matches!(
+                    timeout(timeouts.send, write_vec(&mut conn.client, &mut conn.out)).await,
+                    Ok(Ok(()))
+                ) {
+                    return Err(Failure::Client(None));
+                }
+            }
+        }
+    }
+    let to_up = Pace {
+        read: timeouts.client_body,
+        write: timeouts.send,
+    };
+    let sent = match head.body {
+        Body::Length(n) => {
+            relay::length(&mut conn.client, &mut conn.rbuf, &mut up.stream, n, to_up).await
+        }
+        Body::Chunked => {
+            relay::chunked(
+                &mut conn.client,
+                &mut conn.rbuf,
+                &mut up.stream,
+                &mut conn.out,
+                true,
+                to_up,
+            )
+            .await
+        }
+        Body::None | Body::Close => Ok(0),
+    };
+    match sent {
+        Ok(n) => conn.worker.stats.bytes_from_clients.add(n),
+        Err(RelayError::Read(ReadFailure::Timeout)) => {
+            return Err(Failure::Client(Some((
+                408,
+                "timed out reading the request body",
+            ))));
+        }
+        Err(RelayError::Read(_)) => return Err(Failure::Client(None)),
+        Err(RelayError::Framing) => {
+            return Err(Failure::Client(Some((400, "invalid chunked request body"))));
+        }
+        Err(RelayError::Write) => {
+            // The target stopped reading: it may have answered early (413, 401...).
+            return match read_final_head(conn, up, head, Duration::from_secs(1)).await {
+                Ok(r) => Ok((r, true)),
+                Err(_) => Err(Failure::Answer(502, "target stopped reading the request")),
+            };
+        }
+    }
+    read_final_head(conn, up, head, target.response_timeout)
+        .await
+        .map(|r| (r, false))
+}
+
+/// Read response heads, relaying interim ones (1xx but 101) to HTTP/1.1 clients, until a
+/// final head or a 101.
+async fn read_final_head(
+    conn: &mut Conn,
+    up: &mut Upstream,
+    head: &RequestHead,
+    limit: Duration,
+) -> Result<ResponseHead, Failure> {
+    loop {
+        match read_interim(conn, up, head, limit).await? {
+            Some(r) if r.status >= 200 || r.status == 101 => return Ok(r),
+            Some(r) => conn.ubuf.consume(r.head_len),
+            None => {
+                return Err(Failure::Answer(
+                    504,
+                    "timed out waiting for the target's response",
+                ));
+            }
+        }
+    }
+}
+
+/// Read one response head within `limit` (`None` on timeout). A 1xx other than 101 is
+/// relayed to an HTTP/1.1 client here and returned unconsumed.
+async fn read_interim(
+    conn: &mut Conn,
+    up: &mut Upstream,
+    head: &RequestHead,
+    limit: Duration,
+) -> Result<Option<ResponseHead>, Failure> {
+    let max_head = conn.worker.active().snapshot.config.limits.max_head_bytes;
+    let deadline = std::time::Instant::now() + limit;
+    let mut received = !conn.ubuf.is_empty();
+    loop {
+        if !conn.ubuf.is_empty() {
+            match parse_response(conn.ubuf.data(), head.is_head, max_head) {
+                Ok(Some(r)) => {
+                    if (100..200).contains(&r.status) && r.status != 101 && head.minor_version == 1
+                    {
+                        conn.out.clear();
+                        encode::interim_head(&mut conn.out, conn.ubuf.data(), &r);
+                        let send = timeout(
+                            Duration::from_secs(30),
+                            write_vec(&mut conn.client, &mut conn.out),
+                        );
+                        if !matches!(send.await, Ok(Ok(()))) {
+                            return Err(Failure::Client(None));
+                        }
+                    }
+                    return Ok(Some(r));
+                }
+                Ok(None) => {}
+                Err(_) => return Err(Failure::Answer(502, "invalid response from the target")),
+            }
+        }
+        match monoio::time::timeout_at(deadline.into(), conn.ubuf.fill(&mut up.stream, max_head))
+            .await
+        {
+            Ok(Ok(n)) if n > 0 => received = true,
+            Ok(_) if !received => return Err(Failure::Stale),
+            Ok(_) => {
+                return Err(Failure::Answer(
+                    502,
+                    "target closed the connection mid-response",
+                ));
+            }
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+async fn fail(conn: &mut Conn, f: Failure) -> Next {
+    match f {
+        Failure::Answer(status, why) | Failure::Client(Some((status, why))) => {
+            conn.reply(status, why, true).await;
+        }
+        Failure::Stale | Failure::Client(None) => {}
+    }
+    Next::Close
+}
+
+/// Relay the final response (or switch to a tunnel on 101) and settle both connections.
+async fn respond(
+    conn: &mut Conn,
+    active: &Active,
+    head: &RequestHead,
+    idx: usize,
+    up: Upstream,
+    r: ResponseHead,
+    body_unsent: bool,
+) -> Next {
+    let cfg = &active.snapshot.config;
+    let stats = conn.worker.stats.clone();
+    let mut upstream = up.stream;
+    if r.status == 101 {
+        let Some(i) = head.upgrade else {
+            return fail(
+                conn,
+                Failure::Answer(502, "target switched protocols unasked"),
+            )
+            .await;
+        };
+        let buf = conn.ubuf.data();
+        let upgrade = field(buf, &r.fields, b"upgrade")
+            .unwrap_or(head.fields.list[i].value.of(conn.rbuf.data()));
+        let upgrade = upgrade.to_vec();
+        encode::switching_head(&mut conn.out, buf, &r, &upgrade);
+        conn.ubuf.consume(r.head_len);
+        conn.out.extend_from_slice(conn.ubuf.data());
+        conn.ubuf.consume(conn.ubuf.len());
+        stats.response(101);
+        stats.upgrades.inc();
+        if write_vec(&mut conn.client, &mut conn.out).await.is_err() {
+            return Next::Close;
+        }
+        if !conn.rbuf.is_empty() {
+            let n = conn.rbuf.len();
+            if conn.rbuf.write_front(&mut upstream, n).await.is_err() {
+                return Next::Close;
+            }
+        }
+        return Next::Tunnel(upstream);
+    }
+
+    let framing = encode::client_framing(&r, head.minor_version);
+    let client_keep = head.keep_alive
+        && !body_unsent
+        && framing != ClientFraming::Close
+        && !conn.worker.stopping.get();
+    let mut upstream_keep = r.keep_alive && cfg.upstream.keepalive && !body_unsent;
+    encode::response_head(
+        &mut conn.out,
+        conn.ubuf.data(),
+        &r,
+        framing,
+        head.minor_version,
+        client_keep,
+    );
+    conn.ubuf.consume(r.head_len);
+    stats.response(r.status);
+
+    let mut body_done = r.body == Body::None;
+    if let Body::Length(n) = r.body
+        && n <= INLINE_BODY
+        && conn.ubuf.len() as u64 >= n
+    {
+        conn.out.extend_from_slice(&conn.ubuf.data()[..n as usize]);
+        conn.ubuf.consume(n as usize);
+        body_done = true;
+    }
+    let sent = conn.out.len() as u64;
+    if !matches!(
+        timeout(
+            cfg.timeouts.send,
+            write_vec(&mut conn.client, &mut conn.out)
+        )
+        .await,
+        Ok(Ok(()))
+    ) {
+        return Next::Close;
+    }
+    stats.bytes_to_clients.add(sent);
+
+    if !body_done {
+        let to_client = Pace {
+            read: active.snapshot.targets[idx].response_timeout,
+            write: cfg.timeouts.send,
+        };
+        let rechunk = framing == ClientFraming::Chunked;
+        let relayed = match r.body {
+            Body::Length(n) => {
+                relay::length(
+                    &mut upstream,
+                    &mut conn.ubuf,
+                    &mut conn.client,
+                    n,
+                    to_client,
+                )
+                .await
+            }
+            Body::Chunked => {
+                relay::chunked(
+                    &mut upstream,
+                    &mut conn.ubuf,
+                    &mut conn.client,
+                    &mut conn.out,
+                    rechunk,
+                    to_client,
+                )
+                .await
+            }
+            Body::Close => {
+                upstream_keep = false;
+                relay::until_close(
+                    &mut upstream,
+                    &mut conn.ubuf,
+                    &mut conn.client,
+                    &mut conn.out,
+                    rechunk,
+                    to_client,
+                )
+                .await
+            }
+            Body::None => Ok(0),
+        };
+        match relayed {
+            Ok(n) => stats.bytes_to_clients.add(n),
+            // A truncated or broken body is never completed for the client: close it.
+            Err(_) => return Next::Close,
+        }
+    }
+    // Bytes after a complete response mean the target is confused: never reuse it.
+    if !conn.ubuf.is_empty() {
+        upstream_keep = false;
+        conn.ubuf.consume(conn.ubuf.len());
+    }
+    if upstream_keep {
+        conn.worker.pool.put(idx, upstream);
+    }
+    if client_keep {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
+}
