@@ -1,6 +1,7 @@
 //! The `dispa` binary: command line, logging set-up, and the only place that turns errors
 //! into exit codes (0 ok, 1 runtime failure, 2 invalid config or usage).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -51,6 +52,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
         .init();
 
     match cli.command {
@@ -102,10 +105,15 @@ fn run(path: &std::path::Path, workers: Option<usize>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    serve(cfg, workers, &path.display().to_string())
+    serve(cfg, workers, &path.display().to_string(), |_| {})
 }
 
-fn serve(cfg: config::Config, workers: Option<usize>, source: &str) -> ExitCode {
+fn serve(
+    cfg: config::Config,
+    workers: Option<usize>,
+    source: &str,
+    on_start: impl FnOnce(std::net::SocketAddr),
+) -> ExitCode {
     let targets: Vec<String> = cfg
         .targets
         .targets
@@ -125,6 +133,7 @@ fn serve(cfg: config::Config, workers: Option<usize>, source: &str) -> ExitCode 
                 targets = %targets.join(","),
                 "dispa started"
             );
+            on_start(running.local_addr());
             running.wait();
             ExitCode::SUCCESS
         }
@@ -153,6 +162,7 @@ fn run_demo(port: u16, workers: Option<usize>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    println!("{}", demo::instructions(bind));
-    serve(cfg, workers, "(demo)")
+    serve(cfg, workers, "(demo)", |addr| {
+        println!("{}", demo::instructions(addr))
+    })
 }

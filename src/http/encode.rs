@@ -77,12 +77,9 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], h: &RequestHead, fwd: &Forwar
     if h.expect_continue {
         out.extend_from_slice(b"Expect: 100-continue\r\n");
     }
-    match h.upgrade {
-        Some(i) => {
-            push_field(out, b"Upgrade", h.fields.list[i].value.of(buf));
-            out.extend_from_slice(b"Connection: upgrade\r\n");
-        }
-        None => {}
+    if let Some(i) = h.upgrade {
+        push_field(out, b"Upgrade", h.fields.list[i].value.of(buf));
+        out.extend_from_slice(b"Connection: upgrade\r\n");
     }
     match h.body {
         Body::Length(n) => {

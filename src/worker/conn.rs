@@ -101,6 +101,10 @@ impl Conn {
         loop {
             if !self.rbuf.is_empty() {
                 match parse_request(self.rbuf.data(), &limits) {
+                    Ok(Some(head)) if head.head_len > max_head => {
+                        let e = RequestError::HeadTooLarge;
+                        return Err(NoHead::Reply(e.status(), e.reason()));
+                    }
                     Ok(Some(head)) => return Ok(head),
                     Ok(None) if self.rbuf.len() >= max_head => {
                         let e = RequestError::HeadTooLarge;

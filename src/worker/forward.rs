@@ -57,6 +57,13 @@ impl Drop for InflightGuard<'_> {
     }
 }
 
+/// The request that was sent: its head, what it asked to upgrade to, and its target.
+struct Sent<'a> {
+    head: &'a RequestHead,
+    upgrade_asked: &'a [u8],
+    target: usize,
+}
+
 struct Upstream {
     stream: TcpStream,
     reused: bool,
@@ -91,6 +98,11 @@ pub async fn exchange(conn: &mut Conn, active: &Active, head: RequestHead) -> Ne
         client_ip: &conn.client_ip,
     };
     encode::request_head(&mut conn.out, conn.rbuf.data(), &head, &fwd);
+    // Kept for the 101 answer: the head's bytes are consumed before the response arrives.
+    let upgrade_asked = head
+        .upgrade
+        .map(|i| head.fields.list[i].value.of(conn.rbuf.data()).to_vec())
+        .unwrap_or_default();
     conn.rbuf.consume(head.head_len);
     // A small body already in the buffer goes out with the head; then the whole request
     // is in `out` and can be sent again if a reused connection turns out to be stale.
@@ -130,7 +142,12 @@ pub async fn exchange(conn: &mut Conn, active: &Active, head: RequestHead) -> Ne
         }
     };
     conn.out.clear();
-    respond(conn, active, &head, idx, up, response, expect_refused).await
+    let sent = Sent {
+        head: &head,
+        upgrade_asked: &upgrade_asked,
+        target: idx,
+    };
+    respond(conn, active, sent, up, response, expect_refused).await
 }
 
 /// Pick a target (excluding ones that already failed) and get a connection to it.
@@ -382,27 +399,28 @@ async fn fail(conn: &mut Conn, f: Failure) -> Next {
 async fn respond(
     conn: &mut Conn,
     active: &Active,
-    head: &RequestHead,
-    idx: usize,
+    req: Sent<'_>,
     up: Upstream,
     r: ResponseHead,
     body_unsent: bool,
 ) -> Next {
+    let Sent {
+        head,
+        upgrade_asked,
+        target: idx,
+    } = req;
     let cfg = &active.snapshot.config;
     let stats = conn.worker.stats.clone();
     let mut upstream = up.stream;
     if r.status == 101 {
-        let Some(i) = head.upgrade else {
-            return fail(
-                conn,
-                Failure::Answer(502, "target switched protocols unasked"),
-            )
-            .await;
-        };
+        if head.upgrade.is_none() {
+            let unasked = Failure::Answer(502, "target switched protocols unasked");
+            return fail(conn, unasked).await;
+        }
         let buf = conn.ubuf.data();
+        // The target's Upgrade value, else the one the client asked for.
         let upgrade = field(buf, &r.fields, b"upgrade")
-            .unwrap_or(head.fields.list[i].value.of(conn.rbuf.data()));
-        let upgrade = upgrade.to_vec();
+            .map_or_else(|| upgrade_asked.to_vec(), <[u8]>::to_vec);
         encode::switching_head(&mut conn.out, buf, &r, &upgrade);
         conn.ubuf.consume(r.head_len);
         conn.out.extend_from_slice(conn.ubuf.data());

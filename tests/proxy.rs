@@ -1,0 +1,13 @@
+//! Integration tests: Dispa on a real loopback socket, real backend sockets, bytes checked
+//! on both sides.
+
+mod proxy {
+    pub mod balancing;
+    pub mod bodies;
+    pub mod cli;
+    pub mod connections;
+    pub mod errors;
+    pub mod forwarding;
+    pub mod harness;
+    pub mod routing;
+}

@@ -1,0 +1,82 @@
+//! Each algorithm's distribution, over real connections.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use super::harness::*;
+
+fn backend_of(r: &Response) -> String {
+    r.header("x-backend").unwrap_or_default()
+}
+
+#[test]
+fn round_robin_alternates_between_two_targets() {
+    let (a, b) = (Backend::named("a"), Backend::named("b"));
+    let p = proxy(&config(&[a.addr, b.addr], "round_robin", ""));
+    let mut c = Client::connect(p.local_addr());
+    let seq: Vec<String> = (0..6)
+        .map(|_| backend_of(&c.get("example.com", "/")))
+        .collect();
+    assert_eq!(seq, ["a", "b", "a", "b", "a", "b"]);
+}
+
+#[test]
+fn weighted_three_to_one_over_400_requests_is_300_100() {
+    let (a, b) = (Backend::named("a"), Backend::named("b"));
+    let toml = config(&[a.addr, b.addr], "weighted", "").replacen(
+        &format!("url = \"http://{}\"\n", a.addr),
+        &format!("url = \"http://{}\"\nweight = 3\n", a.addr),
+        1,
+    );
+    let p = proxy(&toml);
+    let mut c = Client::connect(p.local_addr());
+    let picks: Vec<String> = (0..400)
+        .map(|_| backend_of(&c.get("example.com", "/")))
+        .collect();
+    assert_eq!(picks.iter().filter(|n| *n == "a").count(), 300);
+    assert_eq!(picks.iter().filter(|n| *n == "b").count(), 100);
+    // Smooth: never more than three a's in a row.
+    assert!(!picks.windows(4).any(|w| w.iter().all(|n| n == "a")));
+}
+
+#[test]
+fn random_uses_both_targets() {
+    let (a, b) = (Backend::named("a"), Backend::named("b"));
+    let p = proxy(&config(&[a.addr, b.addr], "random", ""));
+    let mut c = Client::connect(p.local_addr());
+    let picks: Vec<String> = (0..200)
+        .map(|_| backend_of(&c.get("example.com", "/")))
+        .collect();
+    let a_share = picks.iter().filter(|n| *n == "a").count();
+    assert!((60..=140).contains(&a_share), "a got {a_share} of 200");
+}
+
+#[test]
+fn least_connections_avoids_the_busy_target() {
+    // Target "slow" holds its response until released; while one request is in flight
+    // there, every other request must go to "fast".
+    let release = Arc::new(AtomicBool::new(false));
+    let r2 = release.clone();
+    let slow = Backend::start(Arc::new(move |_: &Seen, s: &mut TcpStream| {
+        while !r2.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nX-Backend: slow\r\n\r\nslow");
+        Reply::KeepAlive
+    }));
+    let fast = Backend::named("fast");
+    let p = proxy(&config(&[slow.addr, fast.addr], "least_connections", ""));
+    let addr = p.local_addr();
+    // The first pick with equal loads goes to the first target: the slow one.
+    let held = std::thread::spawn(move || get(addr, "example.com", "/held"));
+    assert!(eventually(Duration::from_secs(5), || slow.requests().len() == 1));
+    let mut c = Client::connect(addr);
+    for _ in 0..10 {
+        assert_eq!(backend_of(&c.get("example.com", "/")), "fast");
+    }
+    release.store(true, Ordering::SeqCst);
+    assert_eq!(held.join().unwrap().text(), "slow");
+}

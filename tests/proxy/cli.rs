@@ -1,0 +1,211 @@
+//! The `dispa` binary as a user runs it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::harness::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dispa");
+
+fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("dispa-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_accepts_the_shipped_config() {
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/config.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("target backend1"));
+}
+
+#[test]
+fn check_reports_every_error_with_its_key_path_and_exits_2() {
+    let path = write_config(
+        "bad.toml",
+        "[server]\nbind = \"nope\"\nworkrs = 2\n[domains]\nintercept_domains = [\"a b\"]\n[[targets.targets]]\nname = \"x\"\nurl = \"ftp://h\"\nweight = 0\n",
+    );
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "server.bind",
+        "server.workrs: unknown key",
+        "domains.intercept_domains[0]",
+        "targets.targets[0].url",
+        "targets.targets[0].weight",
+    ] {
+        assert!(err.contains(key), "missing {key} in:\n{err}");
+    }
+}
+
+/// The seed README's three examples, verbatim.
+#[test]
+fn seed_readme_examples_load() {
+    let examples = [
+        r#"[domains]
+intercept_domains = ["example.com", "*.test.com"]
+
+[[targets.targets]]
+name = "backend1"
+url = "http://192.168.1.100:3000"
+weight = 3
+
+[[targets.targets]]
+name = "backend2"
+url = "http://192.168.1.101:3000"
+weight = 2
+
+[targets.load_balancing]
+type = "weighted"
+
+[targets.health_check]
+enabled = true
+interval = 30
+"#,
+        r#"[domains]
+intercept_domains = ["*.local.dev"]
+
+[[targets.targets]]
+name = "dev-server"
+url = "http://localhost:3000"
+"#,
+        r#"[domains]
+intercept_domains = ["api.myapp.com"]
+
+[[targets.targets]]
+name = "prod-server-1"
+url = "http://10.0.1.10:8080"
+weight = 3
+
+[[targets.targets]]
+name = "prod-server-2"
+url = "http://10.0.1.11:8080"
+weight = 2
+
+[targets.health_check]
+enabled = true
+interval = 10
+"#,
+    ];
+    for ex in examples {
+        if let Err(e) = dispa::config::parse(ex) {
+            panic!("{e}\n{ex}");
+        }
+    }
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start the binary and wait for the line that says where it listens.
+fn spawn(argv: &[&str]) -> (Killed, u16) {
+    let mut child = Command::new(argv[0])
+        .args(&argv[1..])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listen=").nth(1) {
+                let port = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .rsplit(':')
+                    .next()
+                    .unwrap()
+                    .to_string();
+                let _ = tx.send(port.parse::<u16>().unwrap());
+            }
+        }
+    });
+    let port = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("dispa did not report its address");
+    (Killed(child), port)
+}
+
+#[test]
+fn demo_runs_two_backends_and_spreads_load() {
+    let (_demo, port) = spawn(&[BIN, "demo", "--port", "0"]);
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut c = Client::connect(addr);
+    let a = c.get("example.com", "/").text();
+    let b = c.get("api.test.com", "/").text();
+    assert!(
+        a.contains("backend1") && b.contains("backend2"),
+        "{a} / {b}"
+    );
+    assert_eq!(c.get("test.com", "/").status, 404);
+}
+
+#[test]
+fn workers_are_pinned_within_the_inherited_affinity_mask() {
+    if Command::new("taskset").arg("-V").output().is_err() {
+        eprintln!("taskset not installed; skipping");
+        return;
+    }
+    let b = Backend::named("b");
+    let path = write_config("pin.toml", &config(&[b.addr], "round_robin", ""));
+    let path = path.to_str().unwrap();
+    let worker_cpus = |argv: &[&str]| -> Vec<String> {
+        let (child, _port) = spawn(argv);
+        let pid = child.0.id();
+        let cpus = |tid: &str| -> String {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|e| {
+                let tid = e.ok()?.file_name().into_string().ok()?;
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok()?;
+                comm.starts_with("dispa-worker").then(|| cpus(&tid))
+            })
+            .collect()
+    };
+    let free = worker_cpus(&[BIN, "-c", path, "--workers", "2"]);
+    assert_eq!(free.len(), 2);
+    // Each worker is pinned to a single CPU.
+    assert!(free.iter().all(|c| !c.contains(['-', ','])), "{free:?}");
+    // Under `taskset -c 1` both workers stay on CPU 1 (when this machine has a CPU 1).
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if online > 1 {
+        let pinned = worker_cpus(&["taskset", "-c", "1", BIN, "-c", path, "--workers", "2"]);
+        assert_eq!(pinned, ["1", "1"]);
+    }
+}

@@ -1,0 +1,178 @@
+//! Connection handling: keep-alive both ways, pipelining, pooling, upgrade tunnels.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::harness::*;
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let b = Backend::named("b");
+    let p = proxy(&config(&[b.addr], "round_robin", ""));
+    let mut c = Client::connect(p.local_addr());
+    c.send(
+        b"GET /1 HTTP/1.1\r\nHost: example.com\r\n\r\nPOST /2 HTTP/1.1\r\nHost: example.com\r\nContent-Length: 3\r\n\r\nabcGET /3 HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    );
+    for path in ["/1", "/2", "/3"] {
+        assert_eq!(c.read_response(false).text(), format!("b:{path}"));
+    }
+    assert_eq!(b.requests()[1].body, b"abc");
+}
+
+#[test]
+fn upstream_connections_are_reused() {
+    let b = Backend::named("b");
+    let p = proxy(&config(&[b.addr], "round_robin", ""));
+    for _ in 0..3 {
+        let mut c = Client::connect(p.local_addr());
+        for _ in 0..5 {
+            assert_eq!(c.get("example.com", "/").status, 200);
+        }
+    }
+    assert_eq!(
+        b.connection_count(),
+        1,
+        "15 sequential requests should share one upstream connection"
+    );
+    assert!(b.requests().iter().all(|r| r.conn == 0));
+    let stats = &p.stats()[0];
+    assert_eq!(stats.upstream_reused.get(), 14);
+    assert_eq!(stats.upstream_connects.get(), 1);
+}
+
+#[test]
+fn http10_keep_alive_and_connection_close_are_honoured() {
+    let b = Backend::named("b");
+    let p = proxy(&config(&[b.addr], "round_robin", ""));
+    let mut c = Client::connect(p.local_addr());
+    c.send(b"GET /a HTTP/1.0\r\nHost: example.com\r\nConnection: keep-alive\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!(r.header("connection").as_deref(), Some("keep-alive"));
+    c.send(b"GET /b HTTP/1.0\r\nHost: example.com\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!(r.text(), "b:/b");
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    assert!(c.is_closed());
+
+    let mut c = Client::connect(p.local_addr());
+    c.send(b"GET /c HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n");
+    assert_eq!(
+        c.read_response(false).header("connection").as_deref(),
+        Some("close")
+    );
+    assert!(c.is_closed());
+}
+
+#[test]
+fn a_pooled_connection_closed_by_the_target_is_not_reused() {
+    // The target closes every connection right after answering, without saying so.
+    let b = Backend::start(Arc::new(|_: &Seen, s: &mut TcpStream| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        Reply::Close
+    }));
+    let p = proxy(&config(&[b.addr], "round_robin", ""));
+    let mut c = Client::connect(p.local_addr());
+    for _ in 0..5 {
+        let r = c.get("example.com", "/");
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(b.connection_count(), 5);
+}
+
+#[test]
+fn bytes_after_a_complete_response_keep_the_connection_out_of_the_pool() {
+    let b = RawBackend::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil");
+    let p = proxy(&config(&[b.addr], "round_robin", ""));
+    let mut c = Client::connect(p.local_addr());
+    assert_eq!(c.get("example.com", "/").text(), "ok");
+    assert_eq!(
+        c.get("example.com", "/").text(),
+        "ok",
+        "the smuggled response must never be served"
+    );
+    assert_eq!(b.connection_count(), 2);
+}
+
+#[test]
+fn upgrade_becomes_a_tunnel_after_101() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = Vec::new();
+        read_until(&mut s, &mut buf, |b| find(b, b"\r\n\r\n")).unwrap();
+        let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+        assert!(head.contains("upgrade: websocket"), "{head}");
+        assert!(head.contains("connection: upgrade"), "{head}");
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
+        // Echo until the client closes.
+        let mut chunk = [0u8; 1024];
+        loop {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => s.write_all(&chunk[..n]).unwrap(),
+            }
+        }
+    });
+    let p = proxy(&config(&[addr], "round_robin", ""));
+    let mut c = Client::connect(p.local_addr());
+    c.send(b"GET /ws HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    let r = c.read_response(true);
+    assert_eq!(r.status, 101);
+    assert_eq!(r.header("upgrade").as_deref(), Some("websocket"));
+    for msg in [&b"ping"[..], b"second frame"] {
+        c.stream.write_all(msg).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        c.stream.read_exact(&mut got).unwrap();
+        assert_eq!(got, msg);
+    }
+}
+
+#[test]
+fn upgrade_refused_by_target_stays_http() {
+    let b = Backend::named("b");
+    let p = proxy(&config(&[b.addr], "round_robin", ""));
+    let mut c = Client::connect(p.local_addr());
+    c.send(b"GET /ws HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    assert_eq!(c.read_response(false).text(), "b:/ws");
+    assert_eq!(c.get("example.com", "/next").text(), "b:/next");
+}
+
+#[test]
+fn second_instance_on_the_same_port_is_refused() {
+    let b = Backend::named("b");
+    let p = proxy(&config(&[b.addr], "round_robin", ""));
+    let port = p.local_addr().port();
+    let toml =
+        config(&[b.addr], "round_robin", "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let cfg = dispa::config::parse(&toml).unwrap();
+    match dispa::boot::start(cfg, Some(1)) {
+        Err(dispa::boot::Error::Bind { .. }) => {}
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a second Dispa must not share the port"),
+    }
+}
+
+#[test]
+fn legacy_driver_serves_the_same() {
+    let b = Backend::named("b");
+    let p = proxy(
+        &config(&[b.addr], "round_robin", "")
+            .replace("[server]\n", "[server]\nio_driver = \"legacy\"\n"),
+    );
+    assert_eq!(p.drivers(), ["epoll"]);
+    let mut c = Client::connect(p.local_addr());
+    c.send(b"POST /x HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+    assert_eq!(c.read_response(false).text(), "b:/x");
+    assert_eq!(b.last().body, b"abc");
+}
+
+#[test]
+fn io_uring_driver_is_used_by_default() {
+    let b = Backend::named("b");
+    let p = proxy(&config(&[b.addr], "round_robin", ""));
+    assert_eq!(p.drivers(), ["io_uring"]);
+}

@@ -1,0 +1,411 @@
+//! Test harness: Dispa started in-process on 127.0.0.1:0, scripted backends on real
+//! sockets that record exactly what they received, and raw-byte clients.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use dispa::boot::{self, Running};
+
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Start Dispa with one worker from `toml` (which should bind 127.0.0.1:0).
+pub fn proxy(toml: &str) -> Running {
+    let cfg = dispa::config::parse(toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    boot::start(cfg, Some(1)).expect("start dispa")
+}
+
+/// A config intercepting example.com and *.test.com, forwarding to `targets`
+/// (name = "b{i}"), with `extra` TOML appended (sections of its own).
+pub fn config(targets: &[SocketAddr], algorithm: &str, extra: &str) -> String {
+    let mut s = String::from(
+        "[server]\nbind = \"127.0.0.1:0\"\n[domains]\nintercept_domains = [\"example.com\", \"*.test.com\"]\nexclude_domains = [\"private.test.com\"]\n",
+    );
+    for (i, t) in targets.iter().enumerate() {
+        s += &format!("[[targets.targets]]\nname = \"b{i}\"\nurl = \"http://{t}\"\n");
+    }
+    s += &format!("[targets.load_balancing]\ntype = \"{algorithm}\"\n{extra}\n");
+    s
+}
+
+/// A request as a backend saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub conn: usize,
+    /// The head exactly as received (request line and fields, up to the blank line).
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+
+    pub fn request_line(&self) -> &str {
+        self.head.lines().next().unwrap_or("")
+    }
+}
+
+/// What a backend answers; gets the request and the connection.
+pub type Handler = Arc<dyn Fn(&Seen, &mut TcpStream) -> Reply + Send + Sync>;
+
+pub enum Reply {
+    /// Keep the connection for the next request.
+    KeepAlive,
+    /// Close the connection.
+    Close,
+}
+
+/// A backend on 127.0.0.1 that parses requests (Content-Length and chunked bodies),
+/// records them, and answers with `handler`.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub connections: Arc<AtomicUsize>,
+}
+
+impl Backend {
+    pub fn start(handler: Handler) -> Backend {
+        Backend::start_with(handler, true)
+    }
+
+    /// Like [`Backend::start`], but never answers `Expect: 100-continue` (it just waits
+    /// for the body, as an HTTP/1.0 server would).
+    pub fn ignoring_expect(handler: Handler) -> Backend {
+        Backend::start_with(handler, false)
+    }
+
+    fn start_with(handler: Handler, auto_continue: bool) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (s, c) = (seen.clone(), connections.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let id = c.fetch_add(1, Ordering::SeqCst);
+                let (s, h) = (s.clone(), handler.clone());
+                thread::spawn(move || serve(stream, id, s, h, auto_continue));
+            }
+        });
+        Backend {
+            addr,
+            seen,
+            connections,
+        }
+    }
+
+    /// Answers `200` with body `name:path` and keeps the connection.
+    pub fn named(name: &'static str) -> Backend {
+        Backend::start(Arc::new(move |req: &Seen, s: &mut TcpStream| {
+            let path = req
+                .request_line()
+                .split(' ')
+                .nth(1)
+                .unwrap_or("")
+                .to_string();
+            let body = format!("{name}:{path}");
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Backend: {name}\r\n\r\n{body}",
+                body.len()
+            );
+            Reply::KeepAlive
+        }))
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.requests().pop().expect("backend saw no request")
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+fn serve(
+    mut stream: TcpStream,
+    id: usize,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    handler: Handler,
+    auto_continue: bool,
+) {
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut buf = Vec::new();
+    loop {
+        let Some(head_end) = read_until(&mut stream, &mut buf, |b| {
+            find(b, b"\r\n\r\n").map(|i| i + 4)
+        }) else {
+            return;
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        buf.drain(..head_end);
+        let mut req = Seen {
+            conn: id,
+            head,
+            body: Vec::new(),
+        };
+        if req.header("transfer-encoding").is_some() {
+            match read_chunked(&mut stream, &mut buf) {
+                Some(body) => req.body = body,
+                None => return,
+            }
+        } else if let Some(n) = req
+            .header("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            if auto_continue && req.header("expect").is_some() {
+                let _ = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+            }
+            if read_until(&mut stream, &mut buf, |b| (b.len() >= n).then_some(n)).is_none() {
+                return;
+            }
+            req.body = buf.drain(..n).collect();
+        }
+        seen.lock().unwrap().push(req.clone());
+        if let Reply::Close = handler(&req, &mut stream) {
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+}
+
+/// Read into `buf` until `done(buf)` returns a position; `None` on EOF/error.
+pub fn read_until(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    done: impl Fn(&[u8]) -> Option<usize>,
+) -> Option<usize> {
+    let mut chunk = [0u8; 65536];
+    loop {
+        if let Some(n) = done(buf) {
+            return Some(n);
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn read_chunked(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = read_until(s, buf, |b| find(b, b"\r\n"))?;
+        let size = usize::from_str_radix(
+            std::str::from_utf8(&buf[..line_end])
+                .ok()?
+                .split(';')
+                .next()?,
+            16,
+        )
+        .ok()?;
+        buf.drain(..line_end + 2);
+        if size == 0 {
+            let end = read_until(s, buf, |b| find(b, b"\r\n").map(|i| i + 2))?;
+            buf.drain(..end);
+            return Some(body);
+        }
+        read_until(s, buf, |b| (b.len() >= size + 2).then_some(0))?;
+        body.extend(buf.drain(..size));
+        buf.drain(..2);
+    }
+}
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A raw client connection to Dispa.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// A response as the client saw it.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) -> &mut Self {
+        self.stream.write_all(bytes).unwrap();
+        self
+    }
+
+    /// Read one response; `head_request` means no body follows.
+    pub fn read_response(&mut self, head_request: bool) -> Response {
+        let end = read_until(&mut self.stream, &mut self.buf, |b| {
+            find(b, b"\r\n\r\n").map(|i| i + 4)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no response head; got {:?}",
+                String::from_utf8_lossy(&self.buf)
+            )
+        });
+        let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+        self.buf.drain(..end);
+        let status: u16 = head[9..12].parse().unwrap();
+        let mut r = Response {
+            status,
+            head,
+            body: Vec::new(),
+        };
+        if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
+            return r;
+        }
+        if r.header("transfer-encoding").is_some() {
+            r.body = read_chunked(&mut self.stream, &mut self.buf).expect("chunked body");
+        } else if let Some(n) = r
+            .header("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            read_until(&mut self.stream, &mut self.buf, |b| {
+                (b.len() >= n).then_some(n)
+            })
+            .expect("body");
+            r.body = self.buf.drain(..n).collect();
+        } else {
+            let mut rest = Vec::new();
+            let _ = self.stream.read_to_end(&mut rest);
+            r.body = std::mem::take(&mut self.buf);
+            r.body.extend(rest);
+        }
+        r
+    }
+
+    pub fn get(&mut self, host: &str, path: &str) -> Response {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+        self.read_response(false)
+    }
+
+    /// True when the server closed the connection (EOF with nothing pending).
+    pub fn is_closed(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut b = [0u8; 1];
+        matches!(self.stream.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+/// One request on a fresh connection.
+pub fn get(addr: SocketAddr, host: &str, path: &str) -> Response {
+    Client::connect(addr).get(host, path)
+}
+
+/// Send raw bytes on a fresh connection and read one response.
+pub fn raw(addr: SocketAddr, bytes: &[u8]) -> Response {
+    let mut c = Client::connect(addr);
+    c.send(bytes);
+    c.read_response(false)
+}
+
+/// Poll `f` until it holds or `limit` passes.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}
+
+/// A port on 127.0.0.1 where nothing listens.
+pub fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A backend that, on each connection, waits for the end of a head, writes `reply`
+/// verbatim, and records every byte it receives on that connection.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl RawBackend {
+    pub fn start(reply: &'static [u8]) -> RawBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let rec = received.clone();
+        thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let rec = rec.clone();
+                let id = {
+                    let mut r = rec.lock().unwrap();
+                    r.push(Vec::new());
+                    r.len() - 1
+                };
+                thread::spawn(move || {
+                    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                    let mut replied = false;
+                    let mut chunk = [0u8; 65536];
+                    loop {
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                let mut r = rec.lock().unwrap();
+                                r[id].extend_from_slice(&chunk[..n]);
+                                if !replied && find(&r[id], b"\r\n\r\n").is_some() {
+                                    replied = true;
+                                    drop(r);
+                                    let _ = stream.write_all(reply);
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        RawBackend { addr, received }
+    }
+
+    pub fn connection(&self, i: usize) -> String {
+        String::from_utf8_lossy(&self.received.lock().unwrap()[i]).into_owned()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+}
