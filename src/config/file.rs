@@ -369,6 +369,7 @@ fn timeouts(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Timeouts {
         keepalive: s.duration("keepalive", secs(75), errors),
         send: s.duration("send", secs(60), errors),
         expect_continue: s.duration("expect_continue", secs(1), errors),
+        tunnel_idle: s.duration("tunnel_idle", secs(300), errors),
     };
     s.finish(errors);
     t

@@ -144,6 +144,7 @@ pub struct Timeouts {
     pub keepalive: Duration,
     pub send: Duration,
     pub expect_continue: Duration,
+    pub tunnel_idle: Duration,
 }
 
 /// `[limits]`.

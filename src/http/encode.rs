@@ -88,6 +88,7 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], h: &RequestHead, fwd: &Forwar
             out.extend_from_slice(b"\r\n");
         }
         Body::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Body::None if h.empty_length => out.extend_from_slice(b"Content-Length: 0\r\n"),
         Body::None | Body::Close => {}
     }
     out.extend_from_slice(b"\r\n");
@@ -142,6 +143,7 @@ pub fn response_head(
         ClientFraming::None => {
             if let Some(n) = r.content_length
                 && r.status >= 200
+                && r.status != 204
             {
                 out.extend_from_slice(b"Content-Length: ");
                 push_u64(out, n);

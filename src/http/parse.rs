@@ -13,8 +13,14 @@ pub struct Span {
 }
 
 impl Span {
+    /// The span of `part` inside `buf`; empty when `part` does not point into `buf`
+    /// (httparse returns a static `""` for some empty values).
     fn within(buf: &[u8], part: &[u8]) -> Span {
-        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+        let base = buf.as_ptr() as usize;
+        let start = (part.as_ptr() as usize).wrapping_sub(base);
+        if part.is_empty() || start > buf.len() || buf.len() - start < part.len() {
+            return Span::default();
+        }
         Span {
             start: start as u32,
             end: (start + part.len()) as u32,
@@ -215,6 +221,10 @@ impl RequestError {
 pub struct RequestHead {
     pub method: Span,
     pub is_head: bool,
+    /// GET, HEAD, OPTIONS, TRACE, PUT or DELETE (RFC 9110 §9.2.2): safe to send twice.
+    pub idempotent: bool,
+    /// The request said `Content-Length: 0` (forwarded as such, though no body follows).
+    pub empty_length: bool,
     /// The path and query to forward (origin-form); for absolute-form, the part after the
     /// authority. May start with `?` (absolute-form with empty path) or be `*`.
     pub path: Span,
@@ -382,13 +392,23 @@ pub fn parse_request(
         }
     };
     let keep_alive = !conn.close && (minor == 1 || conn.keep_alive);
+    // An upgrade with a body is not offered upstream: the body would have to be sent
+    // before knowing which protocol the connection speaks afterwards.
     let upgrade = upgrade_field.filter(|&i| {
         let v = fields.list[i].value.of(buf);
-        minor == 1 && conn.upgrade && !v.trim_ascii().eq_ignore_ascii_case(b"h2c")
+        minor == 1
+            && conn.upgrade
+            && body == Body::None
+            && !v.trim_ascii().eq_ignore_ascii_case(b"h2c")
     });
     Ok(Some(RequestHead {
         method: Span::within(buf, method.as_bytes()),
         is_head: method == "HEAD",
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        ),
+        empty_length: length == Some(0),
         path,
         minor_version: minor,
         host,
@@ -737,6 +757,14 @@ mod tests {
 
     fn res(raw: &str, head: bool) -> Result<Option<ResponseHead>, ResponseError> {
         parse_response(raw.as_bytes(), head, 16384)
+    }
+
+    #[test]
+    fn status_line_without_reason() {
+        let raw = b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok";
+        let r = parse_response(raw, false, 16384).unwrap().unwrap();
+        assert_eq!(r.status, 200);
+        assert!(r.reason.of(raw).is_empty());
     }
 
     #[test]

@@ -3,9 +3,12 @@
 //! the start of a body) stay for the next step.
 
 use std::io;
+use std::time::Instant;
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller,
+};
 
 pub struct ReadBuf {
     vec: Vec<u8>,
@@ -45,6 +48,54 @@ impl ReadBuf {
     /// Returns the count read (0 at end of stream). The caller must not read when
     /// `len() >= max`.
     pub async fn fill<R: AsyncReadRent>(&mut self, io: &mut R, max: usize) -> io::Result<usize> {
+        self.make_room(max);
+        // Taken out for the duration of the read: if this future is dropped (a timeout),
+        // the buffer stays with the driver and this side is left empty, never torn.
+        let vec = std::mem::take(&mut self.vec);
+        let start = std::mem::take(&mut self.start);
+        let len = vec.len();
+        let (res, slice) = io.read(vec.slice_mut(len..)).await;
+        self.vec = slice.into_inner();
+        self.start = start;
+        res
+    }
+
+    /// Like [`ReadBuf::fill`], but at `deadline` the read is cancelled and awaited, so the
+    /// buffer (and anything read before the cancel took effect) is kept: for waits after
+    /// which the connection is still used. `None`: the deadline passed, nothing was read.
+    pub async fn fill_before<R: CancelableAsyncReadRent>(
+        &mut self,
+        io: &mut R,
+        max: usize,
+        deadline: Instant,
+    ) -> Option<io::Result<usize>> {
+        self.make_room(max);
+        let canceller = Canceller::new();
+        let vec = std::mem::take(&mut self.vec);
+        let start = std::mem::take(&mut self.start);
+        let len = vec.len();
+        let mut read = std::pin::pin!(io.cancelable_read(vec.slice_mut(len..), canceller.handle()));
+        let first = monoio::select! {
+            done = &mut read => Some(done),
+            _ = monoio::time::sleep_until(deadline.into()) => None,
+        };
+        let (res, slice, timed_out) = match first {
+            Some((res, slice)) => (res, slice, false),
+            None => {
+                let _ = canceller.cancel();
+                let (res, slice) = read.await;
+                (res, slice, true)
+            }
+        };
+        self.vec = slice.into_inner();
+        self.start = start;
+        match res {
+            Err(_) if timed_out => None,
+            res => Some(res),
+        }
+    }
+
+    fn make_room(&mut self, max: usize) {
         if self.vec.len() == self.vec.capacity() {
             if self.start > 0 {
                 self.vec.drain(..self.start);
@@ -59,15 +110,6 @@ impl ReadBuf {
                 self.vec.reserve_exact(grow.max(1));
             }
         }
-        // Taken out for the duration of the read: if this future is dropped (a timeout),
-        // the buffer stays with the driver and this side is left empty, never torn.
-        let vec = std::mem::take(&mut self.vec);
-        let start = std::mem::take(&mut self.start);
-        let len = vec.len();
-        let (res, slice) = io.read(vec.slice_mut(len..)).await;
-        self.vec = slice.into_inner();
-        self.start = start;
-        res
     }
 
     /// Write the first `n` unconsumed bytes to `io`, then consume them.

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 use monoio::time::{timeout, timeout_at};
@@ -32,6 +32,9 @@ pub struct Conn {
     pub ubuf: ReadBuf,
     /// Heads and re-framed body chunks being written.
     pub out: Vec<u8>,
+    /// Dispa answered and is closing while the client may still be sending: close
+    /// gracefully so that unread bytes do not turn the close into a reset.
+    pub linger: bool,
 }
 
 /// Why reading a head ended without one.
@@ -44,7 +47,6 @@ enum NoHead {
 
 pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
     let _ = client.set_nodelay(true);
-    worker.stats.open_connections.inc();
     let mut client_ip = Vec::with_capacity(40);
     let _ = write!(client_ip, "{}", peer.ip().to_canonical());
     let mut conn = Conn {
@@ -54,9 +56,15 @@ pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
         rbuf: ReadBuf::with_capacity(BUF_START),
         ubuf: ReadBuf::with_capacity(0),
         out: Vec::with_capacity(1024),
+        linger: false,
     };
-    if let Some(upstream) = conn.run().await {
-        relay::tunnel(conn.client, upstream).await;
+    match conn.run().await {
+        Some(upstream) => {
+            let idle = worker.active().snapshot.config.timeouts.tunnel_idle;
+            relay::tunnel(conn.client, upstream, idle).await;
+        }
+        None if conn.linger => conn.lingering_close().await,
+        None => {}
     }
     worker.stats.open_connections.dec();
 }
@@ -152,8 +160,43 @@ impl Conn {
         forward::exchange(self, active, head).await
     }
 
+    /// Half-close, then read and drop what the client still sends (at most 64 KiB, 1 s),
+    /// so that the response is not destroyed by a reset.
+    async fn lingering_close(&mut self) {
+        let _ = monoio::io::AsyncWriteRent::shutdown(&mut self.client).await;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut drained = 0;
+        while drained < 64 * 1024 {
+            self.rbuf.consume(self.rbuf.len());
+            match timeout_at(deadline.into(), self.rbuf.fill(&mut self.client, BUF_START)).await {
+                Ok(Ok(n)) if n > 0 => drained += n,
+                _ => return,
+            }
+        }
+    }
+
+    /// Make the coming close a reset, so that a client reading until close never takes a
+    /// truncated body for a complete one.
+    pub fn abort_on_close(&self) {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt on a socket fd we own, with a correctly sized `linger`.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&self.client),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+    }
+
     /// Send a generated response; returns whether it was written.
     pub async fn reply(&mut self, status: u16, message: &str, close: bool) -> bool {
+        self.linger |= close;
         self.worker.stats.response(status);
         self.out.clear();
         canned::response(&mut self.out, status, message, close);

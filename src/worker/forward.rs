@@ -2,7 +2,7 @@
 //! on connect errors), send the rebuilt head and the body, relay interim responses, the
 //! final head and its body, and decide whether each side's connection can be reused.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 use monoio::time::timeout;
@@ -115,7 +115,8 @@ pub async fn exchange(conn: &mut Conn, active: &Active, head: RequestHead) -> Ne
         conn.rbuf.consume(n as usize);
         body_sent = true;
     }
-    let replayable = body_sent;
+    // Replayed only when the whole request is in `out` and sending it twice is harmless.
+    let replayable = body_sent && head.idempotent;
 
     let mut retried = false;
     let (response, expect_refused) = loop {
@@ -221,9 +222,21 @@ async fn connect(
     }
 }
 
+/// Interim (1xx) responses accepted before a final one; more is a misbehaving target.
+const MAX_INTERIM: u32 = 16;
+
+/// What has been read from the target in this exchange so far.
+#[derive(Default)]
+struct Reading {
+    /// Any response byte arrived: a failure is no longer a stale connection.
+    received: bool,
+    interims: u32,
+}
+
 /// Send the head in `conn.out` (kept intact for a retry), then the body, and read up to
-/// the final response head. Returns it with `true` when the target answered an
-/// `Expect: 100-continue` with a final status, so the body was never sent.
+/// the final response head. Returns it with `true` when the target answered before the
+/// body was sent (a refused `Expect: 100-continue`, or an early answer while it stopped
+/// reading), so the client's connection cannot be reused.
 async fn send_request(
     conn: &mut Conn,
     up: &mut Upstream,
@@ -233,12 +246,8 @@ async fn send_request(
 ) -> Result<(ResponseHead, bool), Failure> {
     let timeouts = conn.worker.active().snapshot.config.timeouts.clone();
     let out = std::mem::take(&mut conn.out);
-    let (res, out) = match timeout(
-        timeouts.send,
-        monoio::io::AsyncWriteRentExt::write_all(&mut up.stream, out),
-    )
-    .await
-    {
+    let write = monoio::io::AsyncWriteRentExt::write_all(&mut up.stream, out);
+    let (res, out) = match timeout(timeouts.send, write).await {
         Ok((res, out)) => (res.map(|_| ()), out),
         Err(_) => return Err(Failure::Answer(504, "timed out sending to the target")),
     };
@@ -246,23 +255,24 @@ async fn send_request(
     if res.is_err() {
         return Err(Failure::Stale);
     }
+    let mut reading = Reading::default();
+    let response_deadline = |t: &TargetSpec| Instant::now() + t.response_timeout;
     if body_sent {
-        return read_final_head(conn, up, head, target.response_timeout)
-            .await
-            .map(|r| (r, false));
+        let r = read_final_head(conn, up, head, &mut reading, response_deadline(target)).await?;
+        return Ok((r, false));
     }
     if head.expect_continue {
-        // Let the target accept or refuse the body before the client sends it.
-        match read_interim(conn, up, head, timeouts.expect_continue).await? {
-            Some(r) if r.status >= 200 => return Ok((r, true)),
-            Some(r) => conn.ubuf.consume(r.head_len), // its 100 was relayed
+        // Let the target accept or refuse the body before the client sends it. The wait
+        // is cancel-safe: after it the same connection is read again.
+        let wait = Instant::now() + timeouts.expect_continue;
+        match read_head(conn, up, head, &mut reading, wait, true).await? {
+            Some(r) if r.status >= 200 || r.status == 101 => return Ok((r, true)),
+            Some(r) => conn.ubuf.consume(r.head_len), // a 100, relayed
             None => {
                 conn.out.clear();
                 conn.out.extend_from_slice(canned::CONTINUE);
-                if !matches!(
-                    timeout(timeouts.send, write_vec(&mut conn.client, &mut conn.out)).await,
-                    Ok(Ok(()))
-                ) {
+                let send = timeout(timeouts.send, write_vec(&mut conn.client, &mut conn.out));
+                if !matches!(send.await, Ok(Ok(()))) {
                     return Err(Failure::Client(None));
                 }
             }
@@ -272,30 +282,17 @@ async fn send_request(
         read: timeouts.client_body,
         write: timeouts.send,
     };
+    let (client, rbuf, out) = (&mut conn.client, &mut conn.rbuf, &mut conn.out);
     let sent = match head.body {
-        Body::Length(n) => {
-            relay::length(&mut conn.client, &mut conn.rbuf, &mut up.stream, n, to_up).await
-        }
-        Body::Chunked => {
-            relay::chunked(
-                &mut conn.client,
-                &mut conn.rbuf,
-                &mut up.stream,
-                &mut conn.out,
-                true,
-                to_up,
-            )
-            .await
-        }
+        Body::Length(n) => relay::length(client, rbuf, &mut up.stream, n, to_up).await,
+        Body::Chunked => relay::chunked(client, rbuf, &mut up.stream, out, true, to_up).await,
         Body::None | Body::Close => Ok(0),
     };
     match sent {
         Ok(n) => conn.worker.stats.bytes_from_clients.add(n),
         Err(RelayError::Read(ReadFailure::Timeout)) => {
-            return Err(Failure::Client(Some((
-                408,
-                "timed out reading the request body",
-            ))));
+            let why = "timed out reading the request body";
+            return Err(Failure::Client(Some((408, why))));
         }
         Err(RelayError::Read(_)) => return Err(Failure::Client(None)),
         Err(RelayError::Framing) => {
@@ -303,64 +300,62 @@ async fn send_request(
         }
         Err(RelayError::Write) => {
             // The target stopped reading: it may have answered early (413, 401...).
-            return match read_final_head(conn, up, head, Duration::from_secs(1)).await {
+            let early = Instant::now() + Duration::from_secs(1);
+            return match read_final_head(conn, up, head, &mut reading, early).await {
                 Ok(r) => Ok((r, true)),
                 Err(_) => Err(Failure::Answer(502, "target stopped reading the request")),
             };
         }
     }
-    read_final_head(conn, up, head, target.response_timeout)
-        .await
-        .map(|r| (r, false))
+    let r = read_final_head(conn, up, head, &mut reading, response_deadline(target)).await?;
+    Ok((r, false))
 }
 
-/// Read response heads, relaying interim ones (1xx but 101) to HTTP/1.1 clients, until a
-/// final head or a 101.
+/// Read response heads until a final one or a 101, all before `deadline`; interim ones
+/// are relayed (see [`read_head`]) and skipped.
 async fn read_final_head(
     conn: &mut Conn,
     up: &mut Upstream,
     head: &RequestHead,
-    limit: Duration,
+    reading: &mut Reading,
+    deadline: Instant,
 ) -> Result<ResponseHead, Failure> {
     loop {
-        match read_interim(conn, up, head, limit).await? {
+        match read_head(conn, up, head, reading, deadline, false).await? {
             Some(r) if r.status >= 200 || r.status == 101 => return Ok(r),
             Some(r) => conn.ubuf.consume(r.head_len),
             None => {
-                return Err(Failure::Answer(
-                    504,
-                    "timed out waiting for the target's response",
-                ));
+                let why = "timed out waiting for the target's response";
+                return Err(Failure::Answer(504, why));
             }
         }
     }
 }
 
-/// Read one response head within `limit` (`None` on timeout). A 1xx other than 101 is
-/// relayed to an HTTP/1.1 client here and returned unconsumed.
-async fn read_interim(
+/// Read one response head before `deadline` (`None` when it passed). A 1xx other than
+/// 101 is relayed to an HTTP/1.1 client here and returned unconsumed. `keep_on_timeout`
+/// makes the wait cancel-safe, for when the connection is read again afterwards.
+async fn read_head(
     conn: &mut Conn,
     up: &mut Upstream,
     head: &RequestHead,
-    limit: Duration,
+    reading: &mut Reading,
+    deadline: Instant,
+    keep_on_timeout: bool,
 ) -> Result<Option<ResponseHead>, Failure> {
     let max_head = conn.worker.active().snapshot.config.limits.max_head_bytes;
-    let deadline = std::time::Instant::now() + limit;
-    let mut received = !conn.ubuf.is_empty();
     loop {
         if !conn.ubuf.is_empty() {
+            reading.received = true;
             match parse_response(conn.ubuf.data(), head.is_head, max_head) {
                 Ok(Some(r)) => {
-                    if (100..200).contains(&r.status) && r.status != 101 && head.minor_version == 1
-                    {
-                        conn.out.clear();
-                        encode::interim_head(&mut conn.out, conn.ubuf.data(), &r);
-                        let send = timeout(
-                            Duration::from_secs(30),
-                            write_vec(&mut conn.client, &mut conn.out),
-                        );
-                        if !matches!(send.await, Ok(Ok(()))) {
-                            return Err(Failure::Client(None));
+                    if (100..200).contains(&r.status) && r.status != 101 {
+                        reading.interims += 1;
+                        if reading.interims > MAX_INTERIM {
+                            return Err(Failure::Answer(502, "too many interim responses"));
+                        }
+                        if head.minor_version == 1 {
+                            relay_interim(conn, &r).await?;
                         }
                     }
                     return Ok(Some(r));
@@ -369,19 +364,35 @@ async fn read_interim(
                 Err(_) => return Err(Failure::Answer(502, "invalid response from the target")),
             }
         }
-        match monoio::time::timeout_at(deadline.into(), conn.ubuf.fill(&mut up.stream, max_head))
-            .await
-        {
-            Ok(Ok(n)) if n > 0 => received = true,
-            Ok(_) if !received => return Err(Failure::Stale),
-            Ok(_) => {
-                return Err(Failure::Answer(
-                    502,
-                    "target closed the connection mid-response",
-                ));
+        let read = if keep_on_timeout {
+            conn.ubuf
+                .fill_before(&mut up.stream, max_head, deadline)
+                .await
+        } else {
+            let fill = conn.ubuf.fill(&mut up.stream, max_head);
+            monoio::time::timeout_at(deadline.into(), fill).await.ok()
+        };
+        match read {
+            Some(Ok(n)) if n > 0 => {}
+            Some(_) if !reading.received => return Err(Failure::Stale),
+            Some(_) => {
+                let why = "target closed the connection mid-response";
+                return Err(Failure::Answer(502, why));
             }
-            Err(_) => return Ok(None),
+            None => return Ok(None),
         }
+    }
+}
+
+/// Send an interim head to the client. Written from its own buffer: `conn.out` may still
+/// hold the request for a retry.
+async fn relay_interim(conn: &mut Conn, r: &ResponseHead) -> Result<(), Failure> {
+    let mut interim = Vec::with_capacity(64);
+    encode::interim_head(&mut interim, conn.ubuf.data(), r);
+    let send = conn.worker.active().snapshot.config.timeouts.send;
+    match timeout(send, write_vec(&mut conn.client, &mut interim)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(Failure::Client(None)),
     }
 }
 
@@ -427,12 +438,17 @@ async fn respond(
         conn.ubuf.consume(conn.ubuf.len());
         stats.response(101);
         stats.upgrades.inc();
-        if write_vec(&mut conn.client, &mut conn.out).await.is_err() {
+        let send = cfg.timeouts.send;
+        if !matches!(
+            timeout(send, write_vec(&mut conn.client, &mut conn.out)).await,
+            Ok(Ok(()))
+        ) {
             return Next::Close;
         }
         if !conn.rbuf.is_empty() {
             let n = conn.rbuf.len();
-            if conn.rbuf.write_front(&mut upstream, n).await.is_err() {
+            let early = conn.rbuf.write_front(&mut upstream, n);
+            if !matches!(timeout(send, early).await, Ok(Ok(()))) {
                 return Next::Close;
             }
         }
@@ -522,8 +538,11 @@ async fn respond(
         };
         match relayed {
             Ok(n) => stats.bytes_to_clients.add(n),
-            // A truncated or broken body is never completed for the client: close it.
-            Err(_) => return Next::Close,
+            // A truncated or broken body is never completed for the client: reset it.
+            Err(_) => {
+                conn.abort_on_close();
+                return Next::Close;
+            }
         }
     }
     // Bytes after a complete response mean the target is confused: never reuse it.
@@ -532,7 +551,9 @@ async fn respond(
         conn.ubuf.consume(conn.ubuf.len());
     }
     if upstream_keep {
-        conn.worker.pool.put(idx, upstream);
+        conn.worker
+            .pool
+            .put(active.snapshot.generation, idx, upstream);
     }
     if client_keep {
         Next::KeepAlive

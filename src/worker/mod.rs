@@ -161,6 +161,7 @@ async fn serve(start: Start, driver: &'static str) {
     let worker = Rc::new(Worker {
         id,
         pool: Pool::new(
+            snapshot.generation,
             snapshot.targets.len(),
             if cfg.upstream.keepalive {
                 cfg.upstream.max_idle_per_target
@@ -189,6 +190,8 @@ async fn serve(start: Start, driver: &'static str) {
                 if worker.stats.open_connections.get() >= max_connections {
                     continue; // dropped: closed at once, like a full backlog
                 }
+                // Counted here, not in the task, so that a burst of accepts sees it.
+                worker.stats.open_connections.inc();
                 monoio::spawn(conn::serve(worker.clone(), stream, peer));
             }
             Err(_) if worker.stopping.get() => break,
@@ -222,6 +225,7 @@ async fn inbox(
         loop {
             match rx.try_recv() {
                 Ok(WorkerMsg::Snapshot(s)) => {
+                    worker.pool.reset(s.generation, s.targets.len());
                     *worker.active.borrow_mut() = Rc::new(Active::new(s, worker.id));
                 }
                 Ok(WorkerMsg::Shutdown { drain: d }) => {

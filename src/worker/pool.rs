@@ -2,7 +2,7 @@
 //! that a few hot connections stay warm and the rest age out; a connection is handed out
 //! only if it has no unread bytes and was not closed by the target.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -14,14 +14,17 @@ struct Idle {
 }
 
 pub struct Pool {
+    /// The snapshot generation the per-target lists are indexed for.
+    generation: Cell<u64>,
     idle: RefCell<Vec<Vec<Idle>>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
 
 impl Pool {
-    pub fn new(targets: usize, max_idle: usize, idle_timeout: Duration) -> Self {
+    pub fn new(generation: u64, targets: usize, max_idle: usize, idle_timeout: Duration) -> Self {
         Pool {
+            generation: Cell::new(generation),
             idle: RefCell::new((0..targets).map(|_| Vec::new()).collect()),
             max_idle,
             idle_timeout,
@@ -40,8 +43,18 @@ impl Pool {
         None
     }
 
-    /// Keep `stream` for reuse (closing it when the target already has `max_idle`).
-    pub fn put(&self, target: usize, stream: TcpStream) {
+    /// Start over for a new snapshot: target indices may now mean other targets.
+    pub fn reset(&self, generation: u64, targets: usize) {
+        self.generation.set(generation);
+        *self.idle.borrow_mut() = (0..targets).map(|_| Vec::new()).collect();
+    }
+
+    /// Keep `stream` to target `target` of snapshot `generation` for reuse (closing it
+    /// when the target already has `max_idle`, or the snapshot has changed since).
+    pub fn put(&self, generation: u64, target: usize, stream: TcpStream) {
+        if generation != self.generation.get() {
+            return;
+        }
         let mut idle = self.idle.borrow_mut();
         if let Some(list) = idle.get_mut(target)
             && list.len() < self.max_idle

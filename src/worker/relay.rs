@@ -2,8 +2,10 @@
 //! chunked (decoded and re-framed, or de-chunked for HTTP/1.0 clients) and
 //! close-delimited. Every read and write has a timeout.
 
-use std::time::Duration;
+use std::cell::Cell;
+use std::time::{Duration, Instant};
 
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::timeout;
 
@@ -183,18 +185,49 @@ pub async fn until_close(
     }
 }
 
-/// After a `101`: copy bytes both ways until each side closes its half.
-pub async fn tunnel(client: TcpStream, upstream: TcpStream) {
-    use monoio::io::{AsyncWriteRent, Splitable};
+/// After a `101`: copy bytes both ways. Each side's end of stream is passed on as a
+/// half-close; the tunnel ends when both directions have ended, or when no byte has
+/// moved either way for `idle`.
+pub async fn tunnel(client: TcpStream, upstream: TcpStream, idle: Duration) {
+    use monoio::io::Splitable;
     let (mut cr, mut cw) = client.into_split();
     let (mut ur, mut uw) = upstream.into_split();
-    let up = async {
-        let _ = monoio::io::copy(&mut cr, &mut uw).await;
-        let _ = uw.shutdown().await;
-    };
-    let down = async {
-        let _ = monoio::io::copy(&mut ur, &mut cw).await;
-        let _ = cw.shutdown().await;
-    };
-    monoio::join!(up, down);
+    let activity = Cell::new(Instant::now());
+    monoio::join!(
+        pump(&mut cr, &mut uw, &activity, idle),
+        pump(&mut ur, &mut cw, &activity, idle)
+    );
+}
+
+async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
+    r: &mut R,
+    w: &mut W,
+    activity: &Cell<Instant>,
+    idle: Duration,
+) {
+    const TUNNEL_BUF: usize = 16 * 1024;
+    let mut buf = Vec::with_capacity(TUNNEL_BUF);
+    loop {
+        match timeout(idle, r.read(buf)).await {
+            Err(_) => {
+                // This direction was quiet; the tunnel lives while the other one is not.
+                if activity.get().elapsed() >= idle {
+                    break;
+                }
+                buf = Vec::with_capacity(TUNNEL_BUF); // the old one went with the cancelled read
+            }
+            Ok((Ok(0), _)) | Ok((Err(_), _)) => break,
+            Ok((Ok(_), data)) => {
+                activity.set(Instant::now());
+                match timeout(idle, w.write_all(data)).await {
+                    Ok((Ok(_), mut data)) => {
+                        data.clear();
+                        buf = data;
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+    let _ = w.shutdown().await;
 }

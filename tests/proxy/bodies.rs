@@ -263,3 +263,24 @@ fn sink_backend() -> std::net::SocketAddr {
     });
     addr
 }
+
+#[test]
+fn no_content_never_carries_content_length() {
+    let b = respond(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
+    let p = proxy(&config(&[b.addr], "round_robin", ""));
+    let r = get(p.local_addr(), "example.com", "/");
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("content-length"), None);
+}
+
+#[test]
+fn zero_content_length_is_forwarded() {
+    let b = Backend::named("b");
+    let p = proxy(&config(&[b.addr], "round_robin", ""));
+    let r = raw(
+        p.local_addr(),
+        b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(b.last().header("content-length").as_deref(), Some("0"));
+}

@@ -176,3 +176,29 @@ fn io_uring_driver_is_used_by_default() {
     let p = proxy(&config(&[b.addr], "round_robin", ""));
     assert_eq!(p.drivers(), ["io_uring"]);
 }
+
+#[test]
+fn idle_tunnel_is_closed() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = Vec::new();
+        read_until(&mut s, &mut buf, |b| find(b, b"\r\n\r\n")).unwrap();
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink); // silent until Dispa closes
+    });
+    let p = proxy(&config(
+        &[addr],
+        "round_robin",
+        "[timeouts]\ntunnel_idle = \"300ms\"\n",
+    ));
+    let mut c = Client::connect(p.local_addr());
+    c.send(b"GET /ws HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    assert_eq!(c.read_response(true).status, 101);
+    let start = std::time::Instant::now();
+    assert!(c.is_closed());
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(p.stats()[0].open_connections.get(), 0);
+}

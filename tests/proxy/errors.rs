@@ -184,3 +184,114 @@ fn connect_is_refused_for_method_connect() {
         405
     );
 }
+
+#[test]
+fn status_line_without_reason_is_relayed_and_the_worker_survives() {
+    let b = Backend::start(Arc::new(|_: &Seen, s: &mut TcpStream| {
+        let _ = s.write_all(b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok");
+        Reply::KeepAlive
+    }));
+    let p = proxy(&config(&[b.addr], "round_robin", ""));
+    let mut c = Client::connect(p.local_addr());
+    for _ in 0..2 {
+        let r = c.get("example.com", "/");
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    }
+}
+
+/// A backend whose `n`-th request on its first connection gets `script(n)`.
+fn scripted(script: fn(usize, &Seen, &mut TcpStream) -> Reply) -> Backend {
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    Backend::start(Arc::new(move |req: &Seen, s: &mut TcpStream| {
+        let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        script(n, req, s)
+    }))
+}
+
+fn ok(s: &mut TcpStream) -> Reply {
+    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    Reply::KeepAlive
+}
+
+#[test]
+fn interim_then_close_is_502_not_a_silent_retry() {
+    let b = scripted(|n, _, s| {
+        if n == 1 {
+            let _ = s.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n");
+            return Reply::Close;
+        }
+        ok(s)
+    });
+    let p = proxy(&config(&[b.addr], "round_robin", ""));
+    let mut c = Client::connect(p.local_addr());
+    assert_eq!(c.get("example.com", "/").status, 200);
+    c.send(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 103);
+    assert_eq!(c.read_response(false).status, 502);
+    assert_eq!(
+        b.requests().len(),
+        2,
+        "a request the target began answering is not replayed"
+    );
+}
+
+#[test]
+fn stale_pooled_connection_is_retried_for_get_but_not_for_post() {
+    // The target reads the second request on its first connection and closes without a
+    // word (a keep-alive race); later connections answer normally.
+    let script: fn(usize, &Seen, &mut TcpStream) -> Reply =
+        |n, _, s| if n == 1 { Reply::Close } else { ok(s) };
+    let b = scripted(script);
+    let p = proxy(&config(&[b.addr], "round_robin", ""));
+    let mut c = Client::connect(p.local_addr());
+    assert_eq!(c.get("example.com", "/1").status, 200);
+    assert_eq!(
+        c.get("example.com", "/2").status,
+        200,
+        "GET is retried on a new connection"
+    );
+    assert_eq!(b.requests().len(), 3);
+    assert_eq!(p.stats()[0].upstream_retries.get(), 1);
+
+    let b = scripted(script);
+    let p = proxy(&config(&[b.addr], "round_robin", ""));
+    let mut c = Client::connect(p.local_addr());
+    assert_eq!(c.get("example.com", "/1").status, 200);
+    c.send(b"POST /2 HTTP/1.1\r\nHost: example.com\r\nContent-Length: 2\r\n\r\nhi");
+    assert_eq!(c.read_response(false).status, 502);
+    let posts = b
+        .requests()
+        .iter()
+        .filter(|r| r.request_line().starts_with("POST"))
+        .count();
+    assert_eq!(posts, 1, "a POST must never be sent twice");
+}
+
+#[test]
+fn truncated_body_to_http10_client_ends_in_a_reset() {
+    let b = Backend::start(Arc::new(|_: &Seen, s: &mut TcpStream| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel");
+        Reply::Close
+    }));
+    let p = proxy(&config(&[b.addr], "round_robin", ""));
+    let mut c = Client::connect(p.local_addr());
+    c.send(b"GET / HTTP/1.0\r\nHost: example.com\r\n\r\n");
+    let mut all = Vec::new();
+    let res = std::io::Read::read_to_end(&mut c.stream, &mut all);
+    assert!(
+        res.is_err(),
+        "a clean EOF would make the partial body look complete: {all:?}"
+    );
+}
+
+#[test]
+fn error_answer_survives_an_unread_request_body() {
+    let b = Backend::named("b");
+    let p = proxy(&config(&[b.addr], "round_robin", ""));
+    let mut c = Client::connect(p.local_addr());
+    c.send(b"POST / HTTP/1.1\r\nHost: not-ours.org\r\nContent-Length: 1000000\r\n\r\n");
+    c.send(&vec![b'x'; 100_000]);
+    let r = c.read_response(false);
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+}
