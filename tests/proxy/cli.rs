@@ -132,6 +132,8 @@ fn spawn(argv: &[&str]) -> (Killed, u16) {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
+    // Killed on drop from here on, also when this function panics.
+    let child = Killed(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -151,7 +153,7 @@ fn spawn(argv: &[&str]) -> (Killed, u16) {
     let port = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("dispa did not report its address");
-    (Killed(child), port)
+    (child, port)
 }
 
 #[test]
