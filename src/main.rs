@@ -68,7 +68,7 @@ fn check(path: &std::path::Path) -> ExitCode {
         Ok(c) => {
             println!("{}: ok", path.display());
             println!(
-                "  listen: {} ({} workers)",
+                "  listen: {} (workers: {})",
                 c.server.bind,
                 describe_workers(c.server.workers)
             );
