@@ -96,8 +96,9 @@ fn bytes_after_a_complete_response_keep_the_connection_out_of_the_pool() {
     assert_eq!(b.connection_count(), 2);
 }
 
-#[test]
-fn upgrade_becomes_a_tunnel_after_101() {
+/// A target that accepts one connection, checks it asked to upgrade, answers 101 and
+/// then hands the socket to `after`.
+fn upgrading_target(after: fn(TcpStream)) -> std::net::SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -108,7 +109,15 @@ fn upgrade_becomes_a_tunnel_after_101() {
         assert!(head.contains("upgrade: websocket"), "{head}");
         assert!(head.contains("connection: upgrade"), "{head}");
         s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
-        // Echo until the client closes.
+        after(s);
+    });
+    addr
+}
+
+#[test]
+fn upgrade_becomes_a_tunnel_after_101() {
+    // Echo until the client closes.
+    let addr = upgrading_target(|mut s| {
         let mut chunk = [0u8; 1024];
         loop {
             match s.read(&mut chunk) {
@@ -179,15 +188,9 @@ fn io_uring_driver_is_used_by_default() {
 
 #[test]
 fn idle_tunnel_is_closed() {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let (mut s, _) = l.accept().unwrap();
-        let mut buf = Vec::new();
-        read_until(&mut s, &mut buf, |b| find(b, b"\r\n\r\n")).unwrap();
-        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
-        let mut sink = Vec::new();
-        let _ = s.read_to_end(&mut sink); // silent until Dispa closes
+    // Silent until Dispa closes.
+    let addr = upgrading_target(|mut s| {
+        let _ = s.read_to_end(&mut Vec::new());
     });
     let p = proxy(&config(
         &[addr],
