@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Sender, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::config::snapshot::Registry;
 use crate::config::{Config, Snapshot};
-use crate::msg::{WorkerMsg, WorkerReady};
+use crate::msg::{WorkerEvent, WorkerMsg, WorkerReady};
 use crate::worker::{self, WorkerStats};
 
 /// How long in-flight requests may take to finish on shutdown.
@@ -52,6 +53,10 @@ struct WorkerHandle {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Capacity of the channel from all workers to the control thread. Workers report about
+/// four times a second; this leaves seconds of slack before a report has to wait.
+const EVENTS_CAPACITY: usize = 4096;
+
 /// A started Dispa.
 pub struct Running {
     local_addr: SocketAddr,
@@ -59,6 +64,8 @@ pub struct Running {
     stats: Vec<Arc<WorkerStats>>,
     drivers: Vec<&'static str>,
     snapshot: Arc<Snapshot>,
+    registry: Registry,
+    events_rx: Receiver<WorkerEvent>,
 }
 
 impl Running {
@@ -79,6 +86,35 @@ impl Running {
 
     pub fn snapshot(&self) -> &Arc<Snapshot> {
         &self.snapshot
+    }
+
+    /// What workers report (stats, passive health); read by the control thread.
+    pub fn events(&self) -> &Receiver<WorkerEvent> {
+        &self.events_rx
+    }
+
+    /// Build the next snapshot from `config` (target identities kept by name and address)
+    /// and send it to every worker. Returns it.
+    pub fn publish(
+        &mut self,
+        config: Config,
+        available: &dyn Fn(&str, SocketAddr) -> bool,
+    ) -> Arc<Snapshot> {
+        let generation = self.snapshot.generation + 1;
+        let workers = self.workers.len();
+        let snapshot = Arc::new(Snapshot::build(
+            config,
+            generation,
+            workers,
+            &mut self.registry,
+            available,
+        ));
+        for w in &self.workers {
+            // A worker that has exited no longer needs snapshots.
+            let _ = w.inbox_tx.send(WorkerMsg::Snapshot(snapshot.clone()));
+        }
+        self.snapshot = snapshot.clone();
+        snapshot
     }
 
     /// Block until every worker has exited.
@@ -121,14 +157,20 @@ pub fn start(config: Config, workers: Option<usize>) -> Result<Running, Error> {
         n => n,
     };
     let (listeners, local_addr) = bind_listeners(config.server.bind, count, config.server.backlog)?;
-    let snapshot = Arc::new(Snapshot::build(config, 1, count));
+    let mut registry = Registry::default();
+    let snapshot = Arc::new(Snapshot::build(config, 1, count, &mut registry, &|_, _| {
+        true
+    }));
     let (ready_tx, ready_rx) = bounded(count);
+    let (events_tx, events_rx) = bounded(EVENTS_CAPACITY);
     let mut running = Running {
         local_addr,
         workers: Vec::with_capacity(count),
         stats: Vec::with_capacity(count),
         drivers: vec![""; count],
         snapshot: snapshot.clone(),
+        registry,
+        events_rx,
     };
     for (id, listener) in listeners.into_iter().enumerate() {
         let (inbox_tx, inbox_rx) = bounded(64);
@@ -141,6 +183,7 @@ pub fn start(config: Config, workers: Option<usize>) -> Result<Running, Error> {
             snapshot: snapshot.clone(),
             inbox_rx,
             ready_tx: ready_tx.clone(),
+            events_tx: events_tx.clone(),
             stats: stats.clone(),
         };
         let thread = std::thread::Builder::new()

@@ -21,3 +21,71 @@ pub enum WorkerReady {
     Up { id: usize, driver: &'static str },
     Failed { id: usize, reason: String },
 }
+
+/// From a worker to the control thread, through one channel shared by all workers
+/// (`try_send`: a worker never waits for the control thread).
+#[derive(Debug)]
+pub enum WorkerEvent {
+    /// Counts since the worker's previous report.
+    Stats(StatsReport),
+    /// A connection attempt to target `id` failed (`ok: false`), or succeeded after failures.
+    Target { id: u64, ok: bool },
+}
+
+/// Upper bounds (seconds) of the latency histogram buckets; a last bucket is `+Inf`.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A latency histogram: per-bucket (not cumulative) counts, the last one `+Inf`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram {
+    pub counts: [u64; LATENCY_BUCKETS.len() + 1],
+    pub sum_seconds: f64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, seconds: f64) {
+        let i = LATENCY_BUCKETS.partition_point(|&b| b < seconds);
+        self.counts[i] += 1;
+        self.sum_seconds += seconds;
+    }
+
+    pub fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.sum_seconds += other.sum_seconds;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// One worker's counts since its previous report, labelled by domain rule, target name and
+/// status class (`"2xx"`...); an empty domain means not intercepted, an empty target none.
+#[derive(Debug, Default)]
+pub struct StatsReport {
+    pub worker: usize,
+    pub requests: Vec<(String, String, u8, u64)>,
+    pub duration: Histogram,
+    pub upstream_duration: Histogram,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_upper_bounds() {
+        let mut h = Histogram::default();
+        h.observe(0.0001);
+        h.observe(0.0002);
+        h.observe(10.0);
+        assert_eq!(h.counts[0], 1);
+        assert_eq!(h.counts[1], 1);
+        assert_eq!(h.counts[LATENCY_BUCKETS.len()], 1);
+        assert_eq!(h.count(), 3);
+    }
+}

@@ -7,8 +7,8 @@ use std::time::Duration;
 use toml::{Table, Value};
 
 use super::{
-    Algorithm, Config, Domains, FieldError, HealthCheck, IoDriver, Limits, Server, Target, Targets,
-    Timeouts, Upstream, UringFlags,
+    Algorithm, Config, Domains, FieldError, HealthCheck, IoDriver, Limits, Monitoring, Server,
+    Target, Targets, Timeouts, Upstream, UringFlags,
 };
 
 /// Decode the whole file. Returns `None` only when a required section is missing entirely
@@ -21,6 +21,7 @@ pub(super) fn decode(root: &Table, errors: &mut Vec<FieldError>) -> Option<Confi
     let upstream = upstream(top.table("upstream", errors), errors);
     let timeouts = timeouts(top.table("timeouts", errors), errors);
     let limits = limits(top.table("limits", errors), errors);
+    let monitoring = monitoring(top.table("monitoring", errors), errors);
     top.finish(errors);
     Some(Config {
         server,
@@ -29,7 +30,36 @@ pub(super) fn decode(root: &Table, errors: &mut Vec<FieldError>) -> Option<Confi
         upstream,
         timeouts,
         limits,
+        monitoring,
     })
+}
+
+fn monitoring(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Monitoring {
+    let mut s = s.unwrap_or_else(|| Section::empty("monitoring"));
+    let enabled = s.bool("enabled", true, errors);
+    let mut addr = |s: &mut Section<'_>, bind: &'static str, port: &'static str, default: u16| {
+        let loopback = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        match s.get(bind) {
+            Some(v) => match v.as_str().map(str::parse::<SocketAddr>) {
+                Some(Ok(a)) => a,
+                _ => {
+                    s.error(errors, bind, "expected an address like \"127.0.0.1:8081\"");
+                    loopback(default)
+                }
+            },
+            None => loopback(s.uint(port, u64::from(default), 0, 65535, errors) as u16),
+        }
+    };
+    let health_bind = addr(&mut s, "health_bind", "health_check_port", 8081);
+    let metrics_bind = addr(&mut s, "metrics_bind", "metrics_port", 9090);
+    let admin_token = s.string("admin_token", errors).filter(|t| !t.is_empty());
+    s.finish(errors);
+    Monitoring {
+        enabled,
+        health_bind,
+        metrics_bind,
+        admin_token,
+    }
 }
 
 fn server(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Server {
@@ -89,8 +119,10 @@ fn server(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Server {
     }
     let uring_entries = s.uint("uring_entries", 1024, 8, 32768, errors) as u32;
     let backlog = s.uint("backlog", 4096, 1, 65535, errors) as u32;
+    let shutdown_timeout = s.duration("shutdown_timeout", Duration::from_secs(30), errors);
     s.finish(errors);
     Server {
+        shutdown_timeout,
         bind,
         workers,
         io_driver,
@@ -321,8 +353,12 @@ fn health_check(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> HealthC
     };
     let healthy_threshold = s.uint("healthy_threshold", 2, 1, 100, errors) as u32;
     let unhealthy_threshold = s.uint("unhealthy_threshold", 3, 1, 100, errors) as u32;
+    let max_fails = s.uint("max_fails", 3, 0, 1000, errors) as u32;
+    let fail_timeout = s.duration("fail_timeout", Duration::from_secs(10), errors);
     s.finish(errors);
     HealthCheck {
+        max_fails,
+        fail_timeout,
         enabled,
         interval,
         timeout,

@@ -22,6 +22,20 @@ pub struct Config {
     pub upstream: Upstream,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    pub monitoring: Monitoring,
+}
+
+/// `[monitoring]`: the status API and the Prometheus endpoint, served by the control thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Monitoring {
+    pub enabled: bool,
+    /// `health_bind` (or the seed's `health_check_port`, meaning 127.0.0.1:PORT).
+    pub health_bind: SocketAddr,
+    /// `metrics_bind` (or the seed's `metrics_port`).
+    pub metrics_bind: SocketAddr,
+    /// When set, admin actions (POST) need `Authorization: Bearer <token>` and are accepted
+    /// from any address; when not, they are accepted from loopback only.
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -36,6 +50,8 @@ pub struct Server {
     pub uring_entries: u32,
     /// `server.backlog`: listen(2) backlog of each worker's socket.
     pub backlog: u32,
+    /// `server.shutdown_timeout`: how long in-flight requests may run after SIGTERM/SIGINT.
+    pub shutdown_timeout: Duration,
 }
 
 /// Which monoio driver a worker builds.
@@ -111,8 +127,8 @@ impl Algorithm {
     }
 }
 
-/// `[targets.health_check]`. Parsed and validated now; the control thread that runs the
-/// probes is a separate capability (see docs/USER_MANUAL.md).
+/// `[targets.health_check]`: active probes run by the control thread, and passive checks
+/// from the workers' connect failures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
     pub enabled: bool,
@@ -122,6 +138,10 @@ pub struct HealthCheck {
     pub expected_status: (u16, u16),
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
+    /// Passive checks: consecutive connect failures seen by workers that take a target out
+    /// of rotation for `fail_timeout` (nginx's max_fails/fail_timeout). 0 disables them.
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
 }
 
 /// `[upstream]`: the per-worker connection pools and failover.

@@ -1,6 +1,9 @@
-//! What a worker runs: a validated config compiled into lookup structures, plus a
-//! generation number. Immutable once built; shared with workers behind an `Arc`.
+//! What a worker runs: a validated config compiled into lookup structures, the health of
+//! each target, and a generation number. Immutable once built; shared behind an `Arc`.
+//! Targets keep their identity (id and in-flight counters) across snapshots through
+//! [`Registry`], so pools and counts survive a reload.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,34 +26,73 @@ pub struct Snapshot {
 /// A target as workers use it.
 #[derive(Debug)]
 pub struct TargetSpec {
+    /// Stable across snapshots for the same name and address.
+    pub id: u64,
     pub name: String,
+    pub url: String,
     pub addr: SocketAddr,
     pub authority: String,
     pub path_prefix: String,
     pub weight: u32,
     pub response_timeout: Duration,
     pub rewrite_host: bool,
+    /// May receive new requests (healthy, not cooling down after failures, not drained).
+    pub available: bool,
     /// In-flight requests, one counter per worker (least_connections reads the sum).
     pub inflight: Arc<Inflight>,
 }
 
+/// Target identities: `(name, address)` → id and in-flight counters, kept by whoever
+/// builds snapshots (boot, then the control thread).
+#[derive(Debug, Default)]
+pub struct Registry {
+    known: HashMap<(String, SocketAddr), (u64, Arc<Inflight>)>,
+    next_id: u64,
+}
+
+impl Registry {
+    fn identity(&mut self, name: &str, addr: SocketAddr, workers: usize) -> (u64, Arc<Inflight>) {
+        let next = &mut self.next_id;
+        self.known
+            .entry((name.to_string(), addr))
+            .or_insert_with(|| {
+                *next += 1;
+                (*next, Arc::new(Inflight::new(workers)))
+            })
+            .clone()
+    }
+}
+
 impl Snapshot {
-    /// Compile `config` for `workers` workers.
-    pub fn build(config: Config, generation: u64, workers: usize) -> Snapshot {
+    /// Compile `config` for `workers` workers. `available(name, addr)` says whether a target
+    /// may take new requests.
+    pub fn build(
+        config: Config,
+        generation: u64,
+        workers: usize,
+        registry: &mut Registry,
+        available: &dyn Fn(&str, SocketAddr) -> bool,
+    ) -> Snapshot {
         let routes = route::Table::new(&config.domains.intercept, &config.domains.exclude);
         let targets = config
             .targets
             .targets
             .iter()
-            .map(|t| TargetSpec {
-                name: t.name.clone(),
-                addr: t.addr,
-                authority: t.authority.clone(),
-                path_prefix: t.path_prefix.clone(),
-                weight: t.weight,
-                response_timeout: t.timeout.unwrap_or(config.timeouts.upstream_response),
-                rewrite_host: t.rewrite_host,
-                inflight: Arc::new(Inflight::new(workers)),
+            .map(|t| {
+                let (id, inflight) = registry.identity(&t.name, t.addr, workers);
+                TargetSpec {
+                    id,
+                    name: t.name.clone(),
+                    url: t.url.clone(),
+                    addr: t.addr,
+                    authority: t.authority.clone(),
+                    path_prefix: t.path_prefix.clone(),
+                    weight: t.weight,
+                    response_timeout: t.timeout.unwrap_or(config.timeouts.upstream_response),
+                    rewrite_host: t.rewrite_host,
+                    available: available(&t.name, t.addr),
+                    inflight,
+                }
             })
             .collect();
         Snapshot {
@@ -60,5 +102,17 @@ impl Snapshot {
             targets,
             config,
         }
+    }
+
+    /// Same targets (by id), in the same order, with the same weights and algorithm: a
+    /// worker may keep its balancer positions.
+    pub fn same_rotation(&self, other: &Snapshot) -> bool {
+        self.algorithm == other.algorithm
+            && self.targets.len() == other.targets.len()
+            && self
+                .targets
+                .iter()
+                .zip(&other.targets)
+                .all(|(a, b)| a.id == b.id && a.weight == b.weight)
     }
 }

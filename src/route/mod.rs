@@ -1,7 +1,7 @@
 //! Domain interception: which request hosts Dispa forwards. Compiled once per snapshot into
 //! hash sets; a lookup costs one probe per label suffix. Pure: no I/O, no allocation per lookup.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 /// Longest host name accepted (RFC 1035 names are at most 253 octets; IPv6 literals fit too).
 pub const MAX_HOST_LEN: usize = 255;
@@ -9,59 +9,80 @@ pub const MAX_HOST_LEN: usize = 255;
 /// Exact names and `*.suffix` wildcards to intercept, and the same to exclude (exclusions win).
 #[derive(Debug, Default)]
 pub struct Table {
-    exact: HashSet<Box<str>>,
-    wildcard: HashSet<Box<str>>,
-    exclude_exact: HashSet<Box<str>>,
-    exclude_wildcard: HashSet<Box<str>>,
+    intercept: Rules,
+    exclude: Rules,
 }
 
-fn split(patterns: &[String]) -> (HashSet<Box<str>>, HashSet<Box<str>>) {
-    let mut exact = HashSet::new();
-    let mut wildcard = HashSet::new();
-    for p in patterns {
-        match p.strip_prefix("*.") {
-            Some(suffix) => wildcard.insert(suffix.into()),
-            None => exact.insert(p.as_str().into()),
+/// One list of patterns: exact names and wildcard suffixes, each mapped to its position in
+/// the configured list (the "rule" a metric label names).
+#[derive(Debug, Default)]
+struct Rules {
+    patterns: Vec<String>,
+    exact: HashMap<Box<str>, u32>,
+    wildcard: HashMap<Box<str>, u32>,
+}
+
+impl Rules {
+    fn new(patterns: &[String]) -> Rules {
+        let mut rules = Rules {
+            patterns: patterns.to_vec(),
+            ..Rules::default()
         };
-    }
-    (exact, wildcard)
-}
-
-fn matches(exact: &HashSet<Box<str>>, wildcard: &HashSet<Box<str>>, host: &str) -> bool {
-    if exact.contains(host) {
-        return true;
-    }
-    if wildcard.is_empty() {
-        return false;
-    }
-    // `*.test.com` matches any host with at least one label before `.test.com`:
-    // try every proper suffix that starts after a dot.
-    let bytes = host.as_bytes();
-    for (i, &b) in bytes.iter().enumerate() {
-        if b == b'.' && i > 0 && wildcard.contains(&host[i + 1..]) {
-            return true;
+        for (i, p) in patterns.iter().enumerate() {
+            let map = match p.strip_prefix("*.") {
+                Some(suffix) => rules.wildcard.entry(suffix.into()),
+                None => rules.exact.entry(p.as_str().into()),
+            };
+            map.or_insert(i as u32);
         }
+        rules
     }
-    false
+
+    fn find(&self, host: &str) -> Option<u32> {
+        if let Some(&i) = self.exact.get(host) {
+            return Some(i);
+        }
+        if self.wildcard.is_empty() {
+            return None;
+        }
+        // `*.test.com` matches any host with at least one label before `.test.com`:
+        // try every proper suffix that starts after a dot, longest first.
+        for (i, &b) in host.as_bytes().iter().enumerate() {
+            if b == b'.'
+                && i > 0
+                && let Some(&r) = self.wildcard.get(&host[i + 1..])
+            {
+                return Some(r);
+            }
+        }
+        None
+    }
 }
 
 impl Table {
     /// Patterns must already be normalized (lowercase, no trailing dot), as config does.
     pub fn new(intercept: &[String], exclude: &[String]) -> Table {
-        let (exact, wildcard) = split(intercept);
-        let (exclude_exact, exclude_wildcard) = split(exclude);
         Table {
-            exact,
-            wildcard,
-            exclude_exact,
-            exclude_wildcard,
+            intercept: Rules::new(intercept),
+            exclude: Rules::new(exclude),
         }
     }
 
-    /// Whether `host` (normalized by [`normalize_host`]) is intercepted.
+    /// The intercept rule that `host` (normalized by [`normalize_host`]) matches, as an
+    /// index into [`Table::rules`]; `None` when it is not intercepted.
+    pub fn lookup(&self, host: &str) -> Option<u32> {
+        let rule = self.intercept.find(host)?;
+        self.exclude.find(host).is_none().then_some(rule)
+    }
+
+    /// Whether `host` is intercepted.
     pub fn intercepts(&self, host: &str) -> bool {
-        matches(&self.exact, &self.wildcard, host)
-            && !matches(&self.exclude_exact, &self.exclude_wildcard, host)
+        self.lookup(host).is_some()
+    }
+
+    /// The intercept patterns, in configured order.
+    pub fn rules(&self) -> &[String] {
+        &self.intercept.patterns
     }
 }
 
@@ -156,6 +177,14 @@ mod tests {
         assert!(!t.intercepts("test.com"));
         assert!(!t.intercepts("eviltest.com"));
         assert!(!t.intercepts(".test.com"));
+    }
+
+    #[test]
+    fn lookup_names_the_rule() {
+        let t = table();
+        assert_eq!(t.lookup("example.com"), Some(0));
+        assert_eq!(t.lookup("x.y.test.com"), Some(1));
+        assert_eq!(t.rules()[1], "*.test.com");
     }
 
     #[test]

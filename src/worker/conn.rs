@@ -12,7 +12,7 @@ use monoio::time::{timeout, timeout_at};
 
 use super::buf::{ReadBuf, write_vec};
 use super::forward::{self, Next};
-use super::{Active, Worker, relay};
+use super::{Active, NONE, Worker, relay};
 use crate::http::parse::{RequestLimits, parse_request};
 use crate::http::{Body, RequestError, RequestHead, canned};
 use crate::route::{MAX_HOST_LEN, normalize_host};
@@ -35,6 +35,29 @@ pub struct Conn {
     /// Dispa answered and is closing while the client may still be sending: close
     /// gracefully so that unread bytes do not turn the close into a reset.
     pub linger: bool,
+    /// What the current request came to, for the counters.
+    pub outcome: Outcome,
+}
+
+/// The result of one request, filled in as it goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    /// Status sent to the client (0: none was sent).
+    pub status: u16,
+    /// Index of the target in the snapshot, or [`NONE`].
+    pub target: u32,
+    /// From sending the request upstream to the response head.
+    pub upstream: Option<Duration>,
+}
+
+impl Default for Outcome {
+    fn default() -> Self {
+        Outcome {
+            status: 0,
+            target: NONE,
+            upstream: None,
+        }
+    }
 }
 
 /// Why reading a head ended without one.
@@ -57,6 +80,7 @@ pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
         ubuf: ReadBuf::with_capacity(0),
         out: Vec::with_capacity(1024),
         linger: false,
+        outcome: Outcome::default(),
     };
     match conn.run().await {
         Some(upstream) => {
@@ -79,8 +103,15 @@ impl Conn {
                 Ok(head) => head,
                 Err(NoHead::Quiet) => return None,
                 Err(NoHead::Reply(status, why)) => {
-                    self.worker.stats.requests.inc();
+                    let stats = &self.worker.stats;
+                    stats.requests.inc();
+                    match status {
+                        408 => stats.rejected_timeout.inc(),
+                        414 | 431 => stats.rejected_limits.inc(),
+                        _ => stats.rejected_bad_request.inc(),
+                    }
                     let _ = self.reply(status, why, true).await;
+                    self.worker.record(NONE, NONE, status, Duration::ZERO, None);
                     return None;
                 }
             };
@@ -197,7 +228,7 @@ impl Conn {
     /// Send a generated response; returns whether it was written.
     pub async fn reply(&mut self, status: u16, message: &str, close: bool) -> bool {
         self.linger |= close;
-        self.worker.stats.response(status);
+        self.outcome.status = status;
         self.out.clear();
         canned::response(&mut self.out, status, message, close);
         let send = self.worker.active().snapshot.config.timeouts.send;

@@ -87,6 +87,7 @@ pub async fn exchange(conn: &mut Conn, active: &Active, head: RequestHead) -> Ne
         }
     };
     let target = &snap.targets[idx];
+    conn.outcome.target = idx as u32;
     let _inflight = InflightGuard::new(target, conn.worker.id);
     let mut up = up;
 
@@ -119,6 +120,7 @@ pub async fn exchange(conn: &mut Conn, active: &Active, head: RequestHead) -> Ne
     let replayable = body_sent && head.idempotent;
 
     let mut retried = false;
+    let sent_at = Instant::now();
     let (response, expect_refused) = loop {
         match send_request(conn, &mut up, &head, target, body_sent).await {
             Ok(r) => break r,
@@ -143,6 +145,7 @@ pub async fn exchange(conn: &mut Conn, active: &Active, head: RequestHead) -> Ne
         }
     };
     conn.out.clear();
+    conn.outcome.upstream = Some(sent_at.elapsed());
     let sent = Sent {
         head: &head,
         upgrade_asked: &upgrade_asked,
@@ -161,7 +164,7 @@ async fn pick_and_connect(
     let mut tried: Vec<usize> = Vec::new();
     let mut last = (503, "no target available");
     for _ in 0..cfg.upstream.max_tries {
-        let excluded = |i: usize| tried.contains(&i);
+        let excluded = |i: usize| !snap.targets[i].available || tried.contains(&i);
         let candidates = Candidates {
             weights: &active.weights,
             excluded: &excluded,
@@ -170,7 +173,7 @@ async fn pick_and_connect(
         let Some(idx) = active.balancer.borrow_mut().pick(&candidates, &load) else {
             break;
         };
-        if let Some(stream) = conn.worker.pool.take(idx) {
+        if let Some(stream) = conn.worker.pool.take(snap.targets[idx].id) {
             conn.worker.stats.upstream_reused.inc();
             return Ok((
                 idx,
@@ -204,7 +207,10 @@ async fn connect(
 ) -> Result<TcpStream, (u16, &'static str)> {
     let stats = &conn.worker.stats;
     stats.upstream_connects.inc();
-    match timeout(limit, TcpStream::connect_addr(target.addr)).await {
+    let result = timeout(limit, TcpStream::connect_addr(target.addr)).await;
+    conn.worker
+        .note_target(target.id, matches!(result, Ok(Ok(_))));
+    match result {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             Ok(stream)
@@ -398,7 +404,14 @@ async fn relay_interim(conn: &mut Conn, r: &ResponseHead) -> Result<(), Failure>
 
 async fn fail(conn: &mut Conn, f: Failure) -> Next {
     match f {
-        Failure::Answer(status, why) | Failure::Client(Some((status, why))) => {
+        Failure::Answer(status, why) => {
+            match status {
+                504 => conn.worker.stats.upstream_timeouts.inc(),
+                _ => conn.worker.stats.upstream_bad_responses.inc(),
+            }
+            conn.reply(status, why, true).await;
+        }
+        Failure::Client(Some((status, why))) => {
             conn.reply(status, why, true).await;
         }
         Failure::Stale | Failure::Client(None) => {}
@@ -436,7 +449,7 @@ async fn respond(
         conn.ubuf.consume(r.head_len);
         conn.out.extend_from_slice(conn.ubuf.data());
         conn.ubuf.consume(conn.ubuf.len());
-        stats.response(101);
+        conn.outcome.status = 101;
         stats.upgrades.inc();
         let send = cfg.timeouts.send;
         if !matches!(
@@ -470,7 +483,7 @@ async fn respond(
         client_keep,
     );
     conn.ubuf.consume(r.head_len);
-    stats.response(r.status);
+    conn.outcome.status = r.status;
 
     let mut body_done = r.body == Body::None;
     if let Body::Length(n) = r.body
@@ -553,7 +566,7 @@ async fn respond(
     if upstream_keep {
         conn.worker
             .pool
-            .put(active.snapshot.generation, idx, upstream);
+            .put(active.snapshot.targets[idx].id, upstream);
     }
     if client_keep {
         Next::KeepAlive

@@ -15,17 +15,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use std::collections::HashMap;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use monoio::io::Canceller;
 
 use crate::balance::Balancer;
 use crate::config::{IoDriver, Snapshot, UringFlags};
-use crate::msg::{WorkerMsg, WorkerReady};
+use crate::msg::{Histogram, StatsReport, WorkerEvent, WorkerMsg, WorkerReady};
 use pool::Pool;
 pub use stats::WorkerStats;
 
 /// How often a worker looks at its inbox (and ages out idle upstream connections).
 const INBOX_POLL: Duration = Duration::from_millis(50);
+/// How often a worker reports its counts to the control thread.
+const REPORT_EVERY: Duration = Duration::from_millis(250);
 
 /// What a worker thread starts from.
 pub struct Start {
@@ -35,6 +39,7 @@ pub struct Start {
     pub snapshot: Arc<Snapshot>,
     pub inbox_rx: Receiver<WorkerMsg>,
     pub ready_tx: Sender<WorkerReady>,
+    pub events_tx: Sender<WorkerEvent>,
     pub stats: Arc<WorkerStats>,
 }
 
@@ -55,7 +60,32 @@ impl Active {
             balancer: RefCell::new(balancer),
         }
     }
+
+    /// The next snapshot; balancer positions carry over when the rotation is unchanged
+    /// (a health change), so that the distribution stays smooth.
+    fn succeed(&self, snapshot: Arc<Snapshot>, worker_id: usize) -> Self {
+        let mut next = Active::new(snapshot, worker_id);
+        if next.snapshot.same_rotation(&self.snapshot) {
+            // Requests still running on the old snapshot have picked their targets; a
+            // failover pick there works with any balancer state.
+            let fresh = Balancer::new(next.snapshot.algorithm, 0, worker_id as u64);
+            next.balancer = RefCell::new(self.balancer.replace(fresh));
+        }
+        next
+    }
 }
+
+/// What a worker counts between two reports: requests by (domain rule, target index,
+/// status class) of the current snapshot, and latency histograms.
+#[derive(Default)]
+pub struct Tally {
+    requests: HashMap<(u32, u32, u8), u64>,
+    duration: Histogram,
+    upstream_duration: Histogram,
+}
+
+/// Rule or target index meaning "none".
+pub const NONE: u32 = u32::MAX;
 
 /// State shared by the tasks of one worker (single-threaded: `Rc`, `Cell`, `RefCell`).
 pub struct Worker {
@@ -64,11 +94,106 @@ pub struct Worker {
     pub pool: Pool,
     pub stats: Arc<WorkerStats>,
     pub stopping: Cell<bool>,
+    events_tx: Sender<WorkerEvent>,
+    tally: RefCell<Tally>,
+    /// A report the control thread could not take yet (its channel was full).
+    unsent: RefCell<Option<StatsReport>>,
+    /// Consecutive connect failures per target id, for passive health checks.
+    failures: RefCell<HashMap<u64, u32>>,
 }
 
 impl Worker {
     pub fn active(&self) -> Rc<Active> {
         self.active.borrow().clone()
+    }
+
+    /// Count one finished request. `rule`/`target` are indices of the current snapshot
+    /// (or [`NONE`]); `upstream` is the time from sending the request to the response head.
+    pub fn record(
+        &self,
+        rule: u32,
+        target: u32,
+        status: u16,
+        total: Duration,
+        upstream: Option<Duration>,
+    ) {
+        self.stats.response(status);
+        let mut t = self.tally.borrow_mut();
+        *t.requests
+            .entry((rule, target, (status / 100) as u8))
+            .or_default() += 1;
+        t.duration.observe(total.as_secs_f64());
+        if let Some(u) = upstream {
+            t.upstream_duration.observe(u.as_secs_f64());
+        }
+    }
+
+    /// Passive health: tell the control thread about a failed connection attempt, and
+    /// about the first success after failures.
+    pub fn note_target(&self, id: u64, ok: bool) {
+        let mut failures = self.failures.borrow_mut();
+        let n = failures.entry(id).or_default();
+        if ok {
+            if *n == 0 {
+                return;
+            }
+            *n = 0;
+        } else {
+            *n += 1;
+        }
+        let _ = self.events_tx.try_send(WorkerEvent::Target { id, ok });
+    }
+
+    /// Send the counts gathered since the last report, labelled with the current
+    /// snapshot's names. Never blocks: when the channel is full the report is kept and
+    /// merged into the next one.
+    fn report(&self) {
+        let tally = std::mem::take(&mut *self.tally.borrow_mut());
+        let mut report = self
+            .unsent
+            .borrow_mut()
+            .take()
+            .unwrap_or_else(|| StatsReport {
+                worker: self.id,
+                ..StatsReport::default()
+            });
+        let active = self.active();
+        let snap = &active.snapshot;
+        for ((rule, target, class), n) in tally.requests {
+            let domain = snap
+                .routes
+                .rules()
+                .get(rule as usize)
+                .cloned()
+                .unwrap_or_default();
+            let target = snap
+                .targets
+                .get(target as usize)
+                .map(|t| t.name.clone())
+                .unwrap_or_default();
+            report.requests.push((domain, target, class, n));
+        }
+        report.duration.merge(&tally.duration);
+        report.upstream_duration.merge(&tally.upstream_duration);
+        if report.requests.is_empty() && report.duration.count() == 0 {
+            return;
+        }
+        match self.events_tx.try_send(WorkerEvent::Stats(report)) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(WorkerEvent::Stats(r))) => *self.unsent.borrow_mut() = Some(r),
+            Err(TrySendError::Full(_)) => {}
+        }
+    }
+
+    /// Switch to a new snapshot (between requests; a request in progress keeps the one it
+    /// started with).
+    fn apply(&self, snapshot: Arc<Snapshot>) {
+        // Counts are labelled by the snapshot they were taken under.
+        self.report();
+        self.pool
+            .retain_targets(snapshot.targets.iter().map(|t| t.id));
+        let next = self.active().succeed(snapshot, self.id);
+        *self.active.borrow_mut() = Rc::new(next);
     }
 }
 
@@ -146,6 +271,7 @@ async fn serve(start: Start, driver: &'static str) {
         snapshot,
         inbox_rx,
         ready_tx,
+        events_tx,
         stats,
         ..
     } = start;
@@ -158,22 +284,24 @@ async fn serve(start: Start, driver: &'static str) {
         }
     };
     let cfg = &snapshot.config;
+    let max_idle = match cfg.upstream.keepalive {
+        true => cfg.upstream.max_idle_per_target,
+        false => 0,
+    };
     let worker = Rc::new(Worker {
         id,
-        pool: Pool::new(
-            snapshot.generation,
-            snapshot.targets.len(),
-            if cfg.upstream.keepalive {
-                cfg.upstream.max_idle_per_target
-            } else {
-                0
-            },
-            cfg.timeouts.upstream_idle,
-        ),
+        pool: Pool::new(max_idle, cfg.timeouts.upstream_idle),
         active: RefCell::new(Rc::new(Active::new(snapshot.clone(), id))),
         stats,
         stopping: Cell::new(false),
+        events_tx,
+        tally: RefCell::default(),
+        unsent: RefCell::default(),
+        failures: RefCell::default(),
     });
+    worker
+        .pool
+        .retain_targets(snapshot.targets.iter().map(|t| t.id));
     let max_connections = cfg.limits.max_connections as u64;
     let _ = ready_tx.send(WorkerReady::Up { id, driver });
     drop(ready_tx);
@@ -209,6 +337,7 @@ async fn serve(start: Start, driver: &'static str) {
     while worker.stats.busy_requests.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
+    worker.report();
 }
 
 /// Polls the worker's inbox without blocking; also ages out idle upstream connections.
@@ -220,14 +349,12 @@ async fn inbox(
 ) {
     let mut canceller = Some(canceller);
     let mut last_evict = Instant::now();
+    let mut last_report = Instant::now();
     loop {
         monoio::time::sleep(INBOX_POLL).await;
         loop {
             match rx.try_recv() {
-                Ok(WorkerMsg::Snapshot(s)) => {
-                    worker.pool.reset(s.generation, s.targets.len());
-                    *worker.active.borrow_mut() = Rc::new(Active::new(s, worker.id));
-                }
+                Ok(WorkerMsg::Snapshot(s)) => worker.apply(s),
                 Ok(WorkerMsg::Shutdown { drain: d }) => {
                     drain.set(d);
                     worker.stopping.set(true);
@@ -245,6 +372,11 @@ async fn inbox(
                     return;
                 }
             }
+        }
+        if last_report.elapsed() >= REPORT_EVERY {
+            worker.report();
+            worker.stats.pool_idle.set(worker.pool.idle_count() as u64);
+            last_report = Instant::now();
         }
         if last_evict.elapsed() >= Duration::from_secs(1) {
             worker.pool.evict_expired();

@@ -1,8 +1,10 @@
-//! Idle upstream connections of one worker, per target. Most recently used first (LIFO) so
-//! that a few hot connections stay warm and the rest age out; a connection is handed out
-//! only if it has no unread bytes and was not closed by the target.
+//! Idle upstream connections of one worker, per target (by target id, so they survive a
+//! reload that keeps the target). Most recently used first (LIFO) so that a few hot
+//! connections stay warm and the rest age out; a connection is handed out only if it has
+//! no unread bytes and was not closed by the target.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -14,27 +16,24 @@ struct Idle {
 }
 
 pub struct Pool {
-    /// The snapshot generation the per-target lists are indexed for.
-    generation: Cell<u64>,
-    idle: RefCell<Vec<Vec<Idle>>>,
+    idle: RefCell<HashMap<u64, Vec<Idle>>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
 
 impl Pool {
-    pub fn new(generation: u64, targets: usize, max_idle: usize, idle_timeout: Duration) -> Self {
+    pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
         Pool {
-            generation: Cell::new(generation),
-            idle: RefCell::new((0..targets).map(|_| Vec::new()).collect()),
+            idle: RefCell::new(HashMap::new()),
             max_idle,
             idle_timeout,
         }
     }
 
-    /// The freshest usable idle connection to `target`, if any.
-    pub fn take(&self, target: usize) -> Option<TcpStream> {
+    /// The freshest usable idle connection to target `id`, if any.
+    pub fn take(&self, id: u64) -> Option<TcpStream> {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(target)?;
+        let list = idle.get_mut(&id)?;
         while let Some(c) = list.pop() {
             if c.since.elapsed() < self.idle_timeout && is_clean(&c.stream) {
                 return Some(c.stream);
@@ -43,20 +42,11 @@ impl Pool {
         None
     }
 
-    /// Start over for a new snapshot: target indices may now mean other targets.
-    pub fn reset(&self, generation: u64, targets: usize) {
-        self.generation.set(generation);
-        *self.idle.borrow_mut() = (0..targets).map(|_| Vec::new()).collect();
-    }
-
-    /// Keep `stream` to target `target` of snapshot `generation` for reuse (closing it
-    /// when the target already has `max_idle`, or the snapshot has changed since).
-    pub fn put(&self, generation: u64, target: usize, stream: TcpStream) {
-        if generation != self.generation.get() {
-            return;
-        }
+    /// Keep `stream` to target `id` for reuse (closing it when the target already has
+    /// `max_idle`, or is no longer configured).
+    pub fn put(&self, id: u64, stream: TcpStream) {
         let mut idle = self.idle.borrow_mut();
-        if let Some(list) = idle.get_mut(target)
+        if let Some(list) = idle.get_mut(&id)
             && list.len() < self.max_idle
         {
             list.push(Idle {
@@ -66,16 +56,27 @@ impl Pool {
         }
     }
 
+    /// Pool for exactly these targets: lists of targets no longer configured are closed
+    /// (their in-flight connections close when they finish), kept targets keep theirs.
+    pub fn retain_targets(&self, ids: impl Iterator<Item = u64>) {
+        let mut idle = self.idle.borrow_mut();
+        let mut next: HashMap<u64, Vec<Idle>> = HashMap::new();
+        for id in ids {
+            next.insert(id, idle.remove(&id).unwrap_or_default());
+        }
+        *idle = next;
+    }
+
     /// Close connections idle for longer than the idle timeout.
     pub fn evict_expired(&self) {
         let now = Instant::now();
-        for list in self.idle.borrow_mut().iter_mut() {
+        for list in self.idle.borrow_mut().values_mut() {
             list.retain(|c| now.duration_since(c.since) < self.idle_timeout);
         }
     }
 
     pub fn idle_count(&self) -> usize {
-        self.idle.borrow().iter().map(Vec::len).sum()
+        self.idle.borrow().values().map(Vec::len).sum()
     }
 }
 

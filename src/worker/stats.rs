@@ -21,6 +21,10 @@ impl Counter {
         self.add(u64::MAX);
     }
 
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -43,11 +47,25 @@ pub struct WorkerStats {
     pub upstream_reused: Counter,
     pub upstream_retries: Counter,
     pub upgrades: Counter,
+    /// Upstream failures after connecting: timeouts, invalid or truncated responses.
+    pub upstream_timeouts: Counter,
+    pub upstream_bad_responses: Counter,
+    /// Requests refused before routing: malformed (400/405/417), over limits (414/431),
+    /// too slow (408).
+    pub rejected_bad_request: Counter,
+    pub rejected_limits: Counter,
+    pub rejected_timeout: Counter,
+    /// Idle pooled upstream connections (a gauge, refreshed every report).
+    pub pool_idle: Counter,
     pub bytes_from_clients: Counter,
     pub bytes_to_clients: Counter,
 }
 
 impl WorkerStats {
+    pub fn responses_total(&self) -> u64 {
+        self.responses.iter().map(Counter::get).sum()
+    }
+
     pub fn response(&self, status: u16) {
         self.responses[usize::from(status / 100).min(5)].inc();
     }
