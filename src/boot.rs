@@ -131,6 +131,11 @@ impl Running {
         self.stop(drain);
     }
 
+    /// Like [`Running::shutdown`], for an owner that cannot give the value up.
+    pub fn stop_workers(&mut self, drain: Duration) {
+        self.stop(drain);
+    }
+
     fn stop(&mut self, drain: Duration) {
         for w in &self.workers {
             let _ = w.inbox_tx.send(WorkerMsg::Shutdown { drain });

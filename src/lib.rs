@@ -12,6 +12,7 @@
 pub mod balance;
 pub mod boot;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod http;
 pub mod msg;

@@ -2,10 +2,12 @@
 //! into exit codes (0 ok, 1 runtime failure, 2 invalid config or usage).
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use dispa::control::{self, signals};
 use dispa::{boot, config, demo};
 use tracing_subscriber::EnvFilter;
 
@@ -35,7 +37,8 @@ enum Command {
     Check,
     /// Run Dispa with two built-in backends on loopback (no config file needed).
     Demo {
-        /// Port for the proxy on 127.0.0.1.
+        /// Port for the proxy on 127.0.0.1 (the status API and metrics use the next two,
+        /// or free ports when this is 0).
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
@@ -63,15 +66,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &Path) -> ExitCode {
     match config::load(path) {
         Ok(c) => {
             println!("{}: ok", path.display());
-            println!(
-                "  listen: {} (workers: {})",
-                c.server.bind,
-                describe_workers(c.server.workers)
-            );
+            let workers = match c.server.workers {
+                0 => "one per CPU".to_string(),
+                n => n.to_string(),
+            };
+            println!("  listen: {} (workers: {workers})", c.server.bind);
             println!("  intercept: {}", c.domains.intercept.join(", "));
             if !c.domains.exclude.is_empty() {
                 println!("  exclude: {}", c.domains.exclude.join(", "));
@@ -79,6 +82,12 @@ fn check(path: &std::path::Path) -> ExitCode {
             println!("  balancing: {}", c.targets.algorithm.name());
             for t in &c.targets.targets {
                 println!("  target {} -> {} (weight {})", t.name, t.addr, t.weight);
+            }
+            if c.monitoring.enabled {
+                println!(
+                    "  status API: {}, metrics: {}",
+                    c.monitoring.health_bind, c.monitoring.metrics_bind
+                );
             }
             ExitCode::SUCCESS
         }
@@ -89,15 +98,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn describe_workers(n: usize) -> String {
-    if n == 0 {
-        "one per CPU".into()
-    } else {
-        n.to_string()
-    }
-}
-
-fn run(path: &std::path::Path, workers: Option<usize>) -> ExitCode {
+fn run(path: &Path, workers: Option<usize>) -> ExitCode {
     let cfg = match config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -105,15 +106,20 @@ fn run(path: &std::path::Path, workers: Option<usize>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    serve(cfg, workers, &path.display().to_string(), |_| {})
+    serve(cfg, workers, Some(path.to_path_buf()), |_, _| {})
 }
 
+/// Start the workers and the control thread, then wait until a stop signal has drained
+/// them. `on_start` gets the proxy's address and the control handle once all are up.
 fn serve(
     cfg: config::Config,
     workers: Option<usize>,
-    source: &str,
-    on_start: impl FnOnce(std::net::SocketAddr),
+    path: Option<PathBuf>,
+    on_start: impl FnOnce(SocketAddr, &control::Handle),
 ) -> ExitCode {
+    let source = path
+        .as_ref()
+        .map_or_else(|| "(demo)".to_string(), |p| p.display().to_string());
     let targets: Vec<String> = cfg
         .targets
         .targets
@@ -121,27 +127,41 @@ fn serve(
         .map(|t| format!("{}={}", t.name, t.addr))
         .collect();
     let intercept = cfg.domains.intercept.join(",");
-    match boot::start(cfg, workers) {
-        Ok(running) => {
-            tracing::info!(
-                version = env!("CARGO_PKG_VERSION"),
-                listen = %running.local_addr(),
-                workers = running.drivers().len(),
-                io = running.drivers().first().copied().unwrap_or(""),
-                config = source,
-                intercept = %intercept,
-                targets = %targets.join(","),
-                "dispa started"
-            );
-            on_start(running.local_addr());
-            running.wait();
-            ExitCode::SUCCESS
-        }
+    let running = match boot::start(cfg, workers) {
+        Ok(running) => running,
         Err(e) => {
             tracing::error!("{e}");
-            ExitCode::from(1)
+            return ExitCode::from(1);
         }
-    }
+    };
+    let listen = running.local_addr();
+    let workers = running.drivers().len();
+    let io = running.drivers().first().copied().unwrap_or("");
+    signals::install();
+    let control = match control::start(running, path) {
+        Ok(handle) => handle,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let show = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        listen = %listen,
+        workers,
+        io,
+        config = source,
+        intercept = %intercept,
+        targets = %targets.join(","),
+        status_api = %show(control.health_addr()),
+        metrics = %show(control.metrics_addr()),
+        "dispa started"
+    );
+    on_start(listen, &control);
+    control.join();
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
 }
 
 fn run_demo(port: u16, workers: Option<usize>) -> ExitCode {
@@ -154,7 +174,7 @@ fn run_demo(port: u16, workers: Option<usize>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let bind = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let bind = SocketAddr::from(([127, 0, 0, 1], port));
     let cfg = match config::parse(&demo::config_toml(bind, a, b)) {
         Ok(c) => c,
         Err(e) => {
@@ -162,7 +182,10 @@ fn run_demo(port: u16, workers: Option<usize>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    serve(cfg, workers, "(demo)", |addr| {
-        println!("{}", demo::instructions(addr))
+    serve(cfg, workers, None, |addr, control| {
+        println!(
+            "{}",
+            demo::instructions(addr, control.health_addr(), control.metrics_addr())
+        )
     })
 }

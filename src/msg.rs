@@ -27,7 +27,7 @@ pub enum WorkerReady {
 #[derive(Debug)]
 pub enum WorkerEvent {
     /// Counts since the worker's previous report.
-    Stats(StatsReport),
+    Stats(Box<StatsReport>),
     /// A connection attempt to target `id` failed (`ok: false`), or succeeded after failures.
     Target { id: u64, ok: bool },
 }

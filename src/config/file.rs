@@ -337,6 +337,7 @@ fn health_check(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> HealthC
     if !path.starts_with('/') {
         s.error(errors, "path", "must start with '/'");
     }
+    let host = s.string("host", errors);
     let expected_status = match s.get("expected_status") {
         None => (200, 399),
         Some(v) => match status_range(v) {
@@ -357,6 +358,7 @@ fn health_check(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> HealthC
     let fail_timeout = s.duration("fail_timeout", Duration::from_secs(10), errors);
     s.finish(errors);
     HealthCheck {
+        host,
         max_fails,
         fail_timeout,
         enabled,

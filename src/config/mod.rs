@@ -135,6 +135,8 @@ pub struct HealthCheck {
     pub interval: Duration,
     pub timeout: Duration,
     pub path: String,
+    /// `Host` sent with probes; the target's authority when not set.
+    pub host: Option<String>,
     pub expected_status: (u16, u16),
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,

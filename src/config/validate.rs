@@ -40,6 +40,13 @@ pub(super) fn check(config: &Config, errors: &mut Vec<FieldError>) {
             );
         }
     }
+    let m = &config.monitoring;
+    if m.enabled && m.health_bind == m.metrics_bind && m.health_bind.port() != 0 {
+        err(
+            "monitoring.metrics_bind".into(),
+            "must differ from monitoring.health_bind".into(),
+        );
+    }
     let l = &config.limits;
     if l.max_uri_bytes > l.max_head_bytes {
         err(

@@ -172,23 +172,32 @@ impl Conn {
 
     /// Answer one request.
     async fn handle(&mut self, active: &Active, head: RequestHead) -> Next {
+        let start = Instant::now();
+        self.outcome = Outcome::default();
         let mut host_buf = [0u8; MAX_HOST_LEN];
-        let intercepted = normalize_host(head.host.of(self.rbuf.data()), &mut host_buf)
-            .is_some_and(|host| active.snapshot.routes.intercepts(host));
+        let rule = normalize_host(head.host.of(self.rbuf.data()), &mut host_buf)
+            .and_then(|host| active.snapshot.routes.lookup(host));
         self.worker.stats.requests.inc();
-        if !intercepted {
-            // Never forwarded anywhere: Dispa is not an open proxy.
-            self.worker.stats.not_intercepted.inc();
-            let keep = head.keep_alive && head.body == Body::None;
-            self.rbuf.consume(head.head_len);
-            let sent = self.reply(404, "domain not intercepted", !keep).await;
-            return if sent && keep {
-                Next::KeepAlive
-            } else {
-                Next::Close
-            };
-        }
-        forward::exchange(self, active, head).await
+        let next = match rule {
+            Some(_) => forward::exchange(self, active, head).await,
+            None => {
+                // Never forwarded anywhere: Dispa is not an open proxy.
+                self.worker.stats.not_intercepted.inc();
+                let keep = head.keep_alive && head.body == Body::None;
+                self.rbuf.consume(head.head_len);
+                let sent = self.reply(404, "domain not intercepted", !keep).await;
+                if sent && keep {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                }
+            }
+        };
+        let o = self.outcome;
+        let total = start.elapsed();
+        self.worker
+            .record(rule.unwrap_or(NONE), o.target, o.status, total, o.upstream);
+        next
     }
 
     /// Half-close, then read and drop what the client still sends (at most 64 KiB, 1 s),

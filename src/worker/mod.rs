@@ -178,9 +178,12 @@ impl Worker {
         if report.requests.is_empty() && report.duration.count() == 0 {
             return;
         }
-        match self.events_tx.try_send(WorkerEvent::Stats(report)) {
+        match self
+            .events_tx
+            .try_send(WorkerEvent::Stats(Box::new(report)))
+        {
             Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-            Err(TrySendError::Full(WorkerEvent::Stats(r))) => *self.unsent.borrow_mut() = Some(r),
+            Err(TrySendError::Full(WorkerEvent::Stats(r))) => *self.unsent.borrow_mut() = Some(*r),
             Err(TrySendError::Full(_)) => {}
         }
     }
