@@ -6,6 +6,7 @@ mod proxy {
     pub mod bodies;
     pub mod cli;
     pub mod connections;
+    pub mod control;
     pub mod errors;
     pub mod forwarding;
     pub mod harness;

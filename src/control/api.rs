@@ -91,6 +91,15 @@ async fn handle(
         return;
     };
     let (status, content_type, body) = route(&state, endpoint, &req, peer);
+    if req.method == "POST" && status == 200 {
+        // Answer once every worker runs the new snapshot, so that what the caller sends
+        // next already sees the change.
+        let target = state.borrow().running.snapshot().generation;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while state.borrow().applied_generation() < target && Instant::now() < deadline {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -244,7 +253,8 @@ fn health(s: &State) -> String {
             "io_driver",
             s.running.drivers().first().copied().unwrap_or(""),
         )
-        .num("generation", snap.generation);
+        .num("generation", snap.generation)
+        .num("applied_generation", s.applied_generation());
     if let Some(r) = &s.last_reload {
         let mut last = String::new();
         Object::new(&mut last)

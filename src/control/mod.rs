@@ -190,6 +190,16 @@ impl State {
         outcome
     }
 
+    /// The oldest snapshot generation a worker still starts new requests on.
+    fn applied_generation(&self) -> u64 {
+        self.running
+            .stats()
+            .iter()
+            .map(|s| s.generation.get())
+            .min()
+            .unwrap_or(0)
+    }
+
     fn totals_for_target(&self, name: &str) -> u64 {
         self.totals.for_target(name)
     }

@@ -98,8 +98,7 @@ impl Conn {
     /// the client's connection has become a tunnel to it.
     async fn run(&mut self) -> Option<TcpStream> {
         loop {
-            let active = self.worker.active();
-            let head = match self.read_head(&active).await {
+            let head = match self.read_head(&self.worker.active()).await {
                 Ok(head) => head,
                 Err(NoHead::Quiet) => return None,
                 Err(NoHead::Reply(status, why)) => {
@@ -115,6 +114,9 @@ impl Conn {
                     return None;
                 }
             };
+            // The snapshot current when the head was parsed serves the whole request
+            // (a keep-alive connection may have waited through a reload).
+            let active = self.worker.active();
             self.worker.stats.busy_requests.inc();
             let next = self.handle(&active, head).await;
             self.worker.stats.busy_requests.dec();

@@ -195,8 +195,10 @@ impl Worker {
         self.report();
         self.pool
             .retain_targets(snapshot.targets.iter().map(|t| t.id));
+        let generation = snapshot.generation;
         let next = self.active().succeed(snapshot, self.id);
         *self.active.borrow_mut() = Rc::new(next);
+        self.stats.generation.set(generation);
     }
 }
 
@@ -305,6 +307,7 @@ async fn serve(start: Start, driver: &'static str) {
     worker
         .pool
         .retain_targets(snapshot.targets.iter().map(|t| t.id));
+    worker.stats.generation.set(snapshot.generation);
     let max_connections = cfg.limits.max_connections as u64;
     let _ = ready_tx.send(WorkerReady::Up { id, driver });
     drop(ready_tx);

@@ -57,6 +57,8 @@ pub struct WorkerStats {
     pub rejected_timeout: Counter,
     /// Idle pooled upstream connections (a gauge, refreshed every report).
     pub pool_idle: Counter,
+    /// Generation of the snapshot this worker runs new requests on.
+    pub generation: Counter,
     pub bytes_from_clients: Counter,
     pub bytes_to_clients: Counter,
 }

@@ -411,3 +411,153 @@ impl RawBackend {
         self.received.lock().unwrap().len()
     }
 }
+
+/// A backend that can be killed (its port then refuses connections and its open
+/// connections close) and revived on the same port. Answers every GET with `name`.
+pub struct KillableBackend {
+    pub addr: SocketAddr,
+    name: &'static str,
+    alive: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl KillableBackend {
+    pub fn start(name: &'static str) -> KillableBackend {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let b = KillableBackend {
+            addr,
+            name,
+            alive: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        };
+        b.revive();
+        b
+    }
+
+    pub fn revive(&self) {
+        let listener = TcpListener::bind(self.addr).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        self.alive.store(true, Ordering::SeqCst);
+        let (alive, name) = (self.alive.clone(), self.name);
+        thread::spawn(move || {
+            while alive.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let alive = alive.clone();
+                        thread::spawn(move || serve_while(s, name, &alive));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+    }
+
+    /// Stop: new connections are refused and open ones closed.
+    pub fn kill(&self) {
+        self.alive.store(false, Ordering::SeqCst);
+        let addr = self.addr;
+        assert!(eventually(Duration::from_secs(5), || TcpStream::connect(
+            addr
+        )
+        .is_err()));
+    }
+}
+
+impl Drop for KillableBackend {
+    fn drop(&mut self) {
+        self.alive.store(false, Ordering::SeqCst);
+    }
+}
+
+fn serve_while(mut s: TcpStream, name: &str, alive: &std::sync::atomic::AtomicBool) {
+    let _ = s.set_nonblocking(false);
+    s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while alive.load(Ordering::SeqCst) {
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            buf.drain(..end + 4);
+            let body = name.as_bytes();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Backend: {name}\r\n\r\n",
+                body.len()
+            );
+            if s.write_all(head.as_bytes())
+                .and_then(|_| s.write_all(body))
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Dispa with its control thread, from a config file (rewritable for reloads).
+pub struct Controlled {
+    pub proxy: SocketAddr,
+    pub status: SocketAddr,
+    pub metrics: SocketAddr,
+    pub path: std::path::PathBuf,
+    /// Kept so that Dispa runs as long as this value lives.
+    _control: dispa::control::Handle,
+}
+
+/// `toml` should bind the proxy and both monitoring endpoints on port 0.
+pub fn controlled(toml: &str) -> Controlled {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "dispa-ctl-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dispa.toml");
+    std::fs::write(&path, toml).unwrap();
+    let cfg = dispa::config::load(&path).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    let running = boot::start(cfg, Some(1)).expect("start dispa");
+    let proxy = running.local_addr();
+    let control = dispa::control::start(running, Some(path.clone())).expect("start control");
+    Controlled {
+        proxy,
+        status: control.health_addr().unwrap(),
+        metrics: control.metrics_addr().unwrap(),
+        path,
+        _control: control,
+    }
+}
+
+/// Monitoring on free ports, for [`controlled`] configs.
+pub const MONITORING: &str =
+    "[monitoring]\nhealth_bind = \"127.0.0.1:0\"\nmetrics_bind = \"127.0.0.1:0\"\n";
+
+/// `METHOD path` on a fresh connection to an admin/metrics endpoint.
+pub fn call(addr: SocketAddr, method: &str, path: &str) -> Response {
+    raw(
+        addr,
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n")
+            .as_bytes(),
+    )
+}
+
+/// A sample's value from a Prometheus text exposition (`name{labels}` exactly as printed).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}

@@ -1,0 +1,580 @@
+//! The control thread: health checks, failover, reload, status API, metrics, signals.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::harness::*;
+
+const FAST_CHECKS: &str = "[targets.health_check]\ninterval = \"100ms\"\ntimeout = \"300ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 2\nmax_fails = 0\n";
+const NO_CHECKS: &str =
+    "[targets.health_check]\nenabled = false\nmax_fails = 1\nfail_timeout = 60\n";
+
+/// The JSON object of target `name` in `/targets`.
+fn target_json(d: &Controlled, name: &str) -> String {
+    let body = call(d.status, "GET", "/targets").text();
+    let start = body
+        .find(&format!("{{\"name\":\"{name}\""))
+        .unwrap_or_else(|| panic!("{name} not in {body}"));
+    let rest = &body[start..];
+    let end = rest[1..].find("{\"name\"").map_or(rest.len(), |i| i + 1);
+    rest[..end].to_string()
+}
+
+fn available(d: &Controlled, name: &str) -> bool {
+    target_json(d, name).contains("\"available\":true")
+}
+
+fn backend_of(r: &Response) -> String {
+    r.header("x-backend").unwrap_or_default()
+}
+
+fn health_number(status: SocketAddr, field: &str) -> u64 {
+    let body = call(status, "GET", "/health").text();
+    let g = body.split(&format!("\"{field}\":")).nth(1).unwrap_or("0");
+    g.chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or(0)
+}
+
+fn generation(status: SocketAddr) -> u64 {
+    health_number(status, "generation")
+}
+
+/// Wait until every worker runs the snapshot the control thread last published.
+fn settled(d: &Controlled) {
+    assert!(eventually(Duration::from_secs(3), || {
+        health_number(d.status, "applied_generation") == generation(d.status)
+    }));
+}
+
+#[test]
+fn killed_backend_leaves_rotation_within_the_check_window_and_comes_back() {
+    let a = KillableBackend::start("a");
+    let b = Backend::named("b");
+    let d = controlled(&config(
+        &[a.addr, b.addr],
+        "round_robin",
+        &format!("{FAST_CHECKS}{MONITORING}"),
+    ));
+    assert!(available(&d, "b0"));
+    a.kill();
+    let killed = Instant::now();
+    assert!(eventually(Duration::from_secs(5), || !available(&d, "b0")));
+    // interval 100 ms x unhealthy_threshold 2, plus a probe timeout and a control tick.
+    assert!(
+        killed.elapsed() < Duration::from_millis(1500),
+        "took {:?}",
+        killed.elapsed()
+    );
+    assert!(target_json(&d, "b0").contains("health check"));
+    settled(&d);
+    let mut c = Client::connect(d.proxy);
+    for _ in 0..10 {
+        assert_eq!(backend_of(&c.get("example.com", "/")), "b");
+    }
+    a.revive();
+    assert!(eventually(Duration::from_secs(5), || available(&d, "b0")));
+    settled(&d);
+    let seen: Vec<String> = (0..6)
+        .map(|_| backend_of(&c.get("example.com", "/")))
+        .collect();
+    assert!(
+        seen.contains(&"a".to_string()) && seen.contains(&"b".to_string()),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn passive_failures_take_a_target_out_at_once() {
+    let b = Backend::named("b");
+    let d = controlled(&config(
+        &[closed_port(), b.addr],
+        "round_robin",
+        &format!("{NO_CHECKS}{MONITORING}"),
+    ));
+    let mut c = Client::connect(d.proxy);
+    assert_eq!(backend_of(&c.get("example.com", "/")), "b");
+    assert!(eventually(Duration::from_secs(2), || !available(&d, "b0")));
+    assert!(target_json(&d, "b0").contains("\"cooling_down\":true"));
+    settled(&d);
+    for _ in 0..10 {
+        assert_eq!(c.get("example.com", "/").status, 200);
+    }
+    let text = call(d.metrics, "GET", "/metrics").text();
+    assert_eq!(
+        metric(&text, "dispa_upstream_errors_total{kind=\"connect\"}"),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+#[test]
+fn all_targets_down_is_503_with_retry_after() {
+    let d = controlled(&config(
+        &[closed_port(), closed_port()],
+        "round_robin",
+        &format!("{NO_CHECKS}{MONITORING}"),
+    ));
+    assert_eq!(get(d.proxy, "example.com", "/").status, 502);
+    assert!(eventually(Duration::from_secs(2), || call(
+        d.status, "GET", "/ready"
+    )
+    .status
+        == 503));
+    settled(&d);
+    let r = get(d.proxy, "example.com", "/");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after").as_deref(), Some("5"));
+}
+
+fn weighted(targets: &[(SocketAddr, u32)]) -> String {
+    let mut s = String::from(
+        "[server]\nbind = \"127.0.0.1:0\"\n[domains]\nintercept_domains = [\"example.com\"]\n",
+    );
+    for (i, (addr, w)) in targets.iter().enumerate() {
+        s += &format!(
+            "[[targets.targets]]\nname = \"t{i}\"\nurl = \"http://{addr}\"\nweight = {w}\n"
+        );
+    }
+    s + "[targets.load_balancing]\ntype = \"weighted\"\n[targets.health_check]\nenabled = false\n"
+        + MONITORING
+}
+
+fn reload(d: &Controlled, toml: &str) -> Response {
+    std::fs::write(&d.path, toml).unwrap();
+    call(d.status, "POST", "/reload")
+}
+
+#[test]
+fn reload_adds_removes_and_reweights_targets() {
+    let (a, b) = (Backend::named("a"), Backend::named("b"));
+    let d = controlled(&weighted(&[(a.addr, 1)]));
+    assert_eq!(backend_of(&get(d.proxy, "example.com", "/")), "a");
+
+    let r = reload(&d, &weighted(&[(a.addr, 3), (b.addr, 1)]));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("\"reloaded\":true"));
+    let mut c = Client::connect(d.proxy);
+    let picks: Vec<String> = (0..400)
+        .map(|_| backend_of(&c.get("example.com", "/")))
+        .collect();
+    assert_eq!(picks.iter().filter(|p| *p == "a").count(), 300);
+    assert_eq!(picks.iter().filter(|p| *p == "b").count(), 100);
+
+    assert_eq!(reload(&d, &weighted(&[(b.addr, 1)])).status, 200);
+    for _ in 0..20 {
+        assert_eq!(backend_of(&c.get("example.com", "/")), "b");
+    }
+    assert_eq!(generation(d.status), 3);
+}
+
+#[test]
+fn invalid_config_is_rejected_while_traffic_continues() {
+    let a = Backend::named("a");
+    let d = controlled(&weighted(&[(a.addr, 1)]));
+    let r = reload(
+        &d,
+        "[domains]\nintercept_domains = 5\n[[targets.targets]]\nname = \"x\"\nurl = \"ftp://x\"\n",
+    );
+    assert_eq!(r.status, 400);
+    let body = r.text();
+    assert!(
+        body.contains("domains.intercept_domains") && body.contains("targets.targets[0].url"),
+        "{body}"
+    );
+    assert_eq!(get(d.proxy, "example.com", "/").status, 200);
+    assert_eq!(generation(d.status), 1);
+    assert!(
+        call(d.status, "GET", "/health")
+            .text()
+            .contains("\"ok\":false")
+    );
+    let text = call(d.metrics, "GET", "/metrics").text();
+    assert_eq!(
+        metric(&text, "dispa_config_reloads_total{result=\"failed\"}"),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn a_changed_config_file_is_reloaded_by_itself() {
+    let (a, b) = (Backend::named("a"), Backend::named("b"));
+    let d = controlled(&weighted(&[(a.addr, 1)]));
+    std::fs::write(&d.path, weighted(&[(b.addr, 1)])).unwrap();
+    assert!(eventually(Duration::from_secs(5), || generation(d.status) == 2));
+    settled(&d);
+    assert_eq!(backend_of(&get(d.proxy, "example.com", "/")), "b");
+}
+
+#[test]
+fn hundred_reloads_under_steady_load_fail_no_request() {
+    let (a, b) = (Backend::named("a"), Backend::named("b"));
+    let d = controlled(&weighted(&[(a.addr, 1), (b.addr, 1)]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load: Vec<_> = (0..3)
+        .map(|_| {
+            let (stop, ok, failed, proxy) = (stop.clone(), ok.clone(), failed.clone(), d.proxy);
+            std::thread::spawn(move || {
+                let mut c = Client::connect(proxy);
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        c.get("example.com", "/")
+                    }));
+                    match r {
+                        Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::SeqCst),
+                        _ => {
+                            c = Client::connect(proxy);
+                            failed.fetch_add(1, Ordering::SeqCst)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    let variants = [
+        weighted(&[(a.addr, 1), (b.addr, 1)]),
+        weighted(&[(a.addr, 3), (b.addr, 1)]),
+        weighted(&[(a.addr, 1)]),
+        weighted(&[(b.addr, 2)]),
+    ];
+    for i in 0..100 {
+        let r = reload(&d, &variants[i % variants.len()]);
+        assert_eq!(r.status, 200, "reload {i}: {}", r.text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in load {
+        t.join().unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "requests failed during reloads"
+    );
+    assert!(
+        ok.load(Ordering::SeqCst) > 100,
+        "too little load: {}",
+        ok.load(Ordering::SeqCst)
+    );
+}
+
+#[test]
+fn status_api_reports_health_readiness_and_targets() {
+    let b = Backend::named("b");
+    let d = controlled(&config(
+        &[b.addr],
+        "round_robin",
+        &format!("{FAST_CHECKS}{MONITORING}"),
+    ));
+    for _ in 0..3 {
+        get(d.proxy, "example.com", "/");
+    }
+    let h = call(d.status, "GET", "/health");
+    assert_eq!(h.status, 200);
+    assert_eq!(
+        h.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    for field in [
+        "\"status\":\"ok\"",
+        "\"version\":",
+        "\"uptime_seconds\":",
+        "\"workers\":1",
+        "\"io_driver\":\"io_uring\"",
+        "\"generation\":1",
+    ] {
+        assert!(h.text().contains(field), "{field} in {}", h.text());
+    }
+    let r = call(d.status, "GET", "/ready");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "{\"ready\":true,\"available_targets\":1}")
+    );
+    assert!(eventually(Duration::from_secs(3), || target_json(&d, "b0")
+        .contains("\"requests\":3")));
+    let t = call(d.status, "GET", "/targets").text();
+    for field in [
+        "\"url\":\"http://",
+        "\"weight\":1",
+        "\"healthy\":true",
+        "\"in_flight\":0",
+        "\"last_check\":{",
+        "\"latency_ms\":",
+    ] {
+        assert!(t.contains(field), "{field} in {t}");
+    }
+    assert_eq!(call(d.status, "GET", "/nope").status, 404);
+    assert_eq!(call(d.status, "GET", "/reload").status, 405);
+}
+
+#[test]
+fn admin_actions_need_the_token_when_one_is_set() {
+    let b = Backend::named("b");
+    let toml = config(
+        &[b.addr],
+        "round_robin",
+        &format!("{MONITORING}admin_token = \"s3cret\"\n"),
+    );
+    let d = controlled(&toml);
+    assert_eq!(call(d.status, "POST", "/reload").status, 401);
+    let r = raw(d.status, b"POST /reload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn drained_target_gets_no_new_requests_until_enabled() {
+    let (a, b) = (Backend::named("a"), Backend::named("b"));
+    let d = controlled(&config(
+        &[a.addr, b.addr],
+        "round_robin",
+        &format!("{NO_CHECKS}{MONITORING}"),
+    ));
+    assert_eq!(call(d.status, "POST", "/targets/b0/drain").status, 200);
+    let mut c = Client::connect(d.proxy);
+    for _ in 0..6 {
+        assert_eq!(backend_of(&c.get("example.com", "/")), "b");
+    }
+    assert_eq!(call(d.status, "POST", "/targets/b0/enable").status, 200);
+    let seen: Vec<String> = (0..4)
+        .map(|_| backend_of(&c.get("example.com", "/")))
+        .collect();
+    assert!(seen.contains(&"a".to_string()), "{seen:?}");
+    assert_eq!(call(d.status, "POST", "/targets/nope/drain").status, 404);
+}
+
+#[test]
+fn metrics_move_with_traffic() {
+    let b = Backend::named("b");
+    let d = controlled(&config(
+        &[b.addr],
+        "round_robin",
+        &format!("{NO_CHECKS}{MONITORING}"),
+    ));
+    let series = "dispa_requests_total{domain=\"*.test.com\",target=\"b0\",status_class=\"2xx\"}";
+    let mut c = Client::connect(d.proxy);
+    for _ in 0..5 {
+        assert_eq!(c.get("a.test.com", "/").status, 200);
+    }
+    assert_eq!(c.get("nope.org", "/").status, 404);
+    let scrape = || call(d.metrics, "GET", "/metrics").text();
+    assert!(
+        eventually(Duration::from_secs(3), || metric(&scrape(), series)
+            == Some(5.0)),
+        "{}",
+        scrape()
+    );
+    let text = scrape();
+    let unmatched =
+        "dispa_requests_total{domain=\"unmatched\",target=\"none\",status_class=\"4xx\"}";
+    assert_eq!(metric(&text, unmatched), Some(1.0));
+    assert_eq!(
+        metric(&text, "dispa_request_duration_seconds_count"),
+        Some(6.0)
+    );
+    assert_eq!(
+        metric(&text, "dispa_upstream_duration_seconds_count"),
+        Some(5.0)
+    );
+    assert_eq!(
+        metric(&text, "dispa_target_healthy{target=\"b0\"}"),
+        Some(1.0)
+    );
+    assert_eq!(metric(&text, "dispa_active_connections"), Some(1.0));
+    assert_eq!(
+        metric(&text, "dispa_upstream_connections_total{result=\"reused\"}"),
+        Some(4.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "dispa_requests_rejected_total{reason=\"not_intercepted\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(metric(&text, "dispa_config_generation"), Some(1.0));
+    assert!(text.contains("process_resident_memory_bytes"));
+    // The exposition is valid for Prometheus (promtool is installed by .ci/run).
+    match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(mut p) => {
+            p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            let out = p.wait_with_output().unwrap();
+            let problems = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            // promtool also lints naming conventions; only errors fail the exposition.
+            assert!(
+                out.status.success() || !problems.contains("error"),
+                "{problems}"
+            );
+        }
+        Err(_) => eprintln!("promtool not installed: exposition format not checked"),
+    }
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_dispa");
+
+/// The binary, started with `toml`; returns it with the proxy and status ports it logged.
+fn spawn_binary(
+    toml: &str,
+) -> (
+    std::process::Child,
+    SocketAddr,
+    SocketAddr,
+    std::path::PathBuf,
+) {
+    let dir = std::env::temp_dir().join(format!(
+        "dispa-sig-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dispa.toml");
+    std::fs::write(&path, toml).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("-c")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let field = |name: &str| -> Option<SocketAddr> {
+                line.split(&format!("{name}="))
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .trim_matches('"')
+                    .parse()
+                    .ok()
+            };
+            if let (Some(l), Some(s)) = (field("listen"), field("status_api")) {
+                let _ = tx.send((l, s));
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok((listen, status)) => (child, listen, status, path),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("dispa did not start");
+        }
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: kill(2) on a child process we started and have not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+}
+
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    None
+}
+
+#[test]
+fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
+    let slow = Backend::start(Arc::new(|_: &Seen, s: &mut TcpStream| {
+        std::thread::sleep(Duration::from_millis(700));
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow");
+        Reply::KeepAlive
+    }));
+    let (mut child, proxy, _status, _) = spawn_binary(&config(
+        &[slow.addr],
+        "round_robin",
+        &format!("{NO_CHECKS}{MONITORING}"),
+    ));
+    let inflight: Vec<_> = (0..8)
+        .map(|i| std::thread::spawn(move || get(proxy, "example.com", &format!("/{i}"))))
+        .collect();
+    assert!(eventually(Duration::from_secs(5), || slow.requests().len() == 8));
+    signal(&child, libc::SIGTERM);
+    for t in inflight {
+        let r = t.join().unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "slow"));
+        assert_eq!(r.header("connection").as_deref(), Some("close"));
+    }
+    let status = wait_exit(&mut child, Duration::from_secs(10)).expect("dispa did not exit");
+    assert_eq!(status.code(), Some(0));
+    assert!(TcpStream::connect(proxy).is_err());
+}
+
+#[test]
+fn second_signal_exits_at_once() {
+    let stuck = Backend::start(Arc::new(|_: &Seen, _: &mut TcpStream| {
+        std::thread::sleep(Duration::from_secs(20));
+        Reply::Close
+    }));
+    let (mut child, proxy, _, _) = spawn_binary(&config(
+        &[stuck.addr],
+        "round_robin",
+        &format!("{NO_CHECKS}{MONITORING}"),
+    ));
+    std::thread::spawn(move || {
+        let _ = std::panic::catch_unwind(|| get(proxy, "example.com", "/"));
+    });
+    assert!(eventually(Duration::from_secs(5), || stuck
+        .requests()
+        .len()
+        == 1));
+    signal(&child, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first signal waits for the request"
+    );
+    let sent = Instant::now();
+    signal(&child, libc::SIGINT);
+    let status = wait_exit(&mut child, Duration::from_secs(5)).expect("dispa did not exit");
+    assert!(sent.elapsed() < Duration::from_secs(2));
+    assert_ne!(status.code(), Some(0));
+}
+
+#[test]
+fn sighup_reloads_the_config_file() {
+    let b = Backend::named("b");
+    let (mut child, _, status, _) = spawn_binary(&config(
+        &[b.addr],
+        "round_robin",
+        &format!("{NO_CHECKS}{MONITORING}"),
+    ));
+    assert_eq!(generation(status), 1);
+    // Same contents: only the signal can cause this reload.
+    signal(&child, libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(3), || generation(status) == 2));
+    signal(&child, libc::SIGTERM);
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+}
