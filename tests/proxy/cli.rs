@@ -1,8 +1,6 @@
 //! The `dispa` binary as a user runs it.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use super::harness::*;
 
@@ -112,54 +110,9 @@ interval = 10
     }
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Start the binary and wait for the line that says where it listens.
-fn spawn(argv: &[&str]) -> (Killed, u16) {
-    let mut child = Command::new(argv[0])
-        .args(&argv[1..])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    // Killed on drop from here on, also when this function panics.
-    let child = Killed(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listen=").nth(1) {
-                let port = rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .rsplit(':')
-                    .next()
-                    .unwrap()
-                    .to_string();
-                let _ = tx.send(port.parse::<u16>().unwrap());
-            }
-        }
-    });
-    let port = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("dispa did not report its address");
-    (child, port)
-}
-
 #[test]
 fn demo_runs_two_backends_and_spreads_load() {
-    let (_demo, port) = spawn(&[BIN, "demo", "--port", "0"]);
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (_demo, addr, _) = spawn_dispa(&[BIN, "demo", "--port", "0"]);
     let mut c = Client::connect(addr);
     let a = c.get("example.com", "/").text();
     let b = c.get("api.test.com", "/").text();
@@ -180,7 +133,7 @@ fn workers_are_pinned_within_the_inherited_affinity_mask() {
     let path = write_config("pin.toml", &config(&[b.addr], "round_robin", ""));
     let path = path.to_str().unwrap();
     let worker_cpus = |argv: &[&str]| -> Vec<String> {
-        let (child, _port) = spawn(argv);
+        let (child, _, _) = spawn_dispa(argv);
         let pid = child.0.id();
         let cpus = |tid: &str| -> String {
             let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();

@@ -1,6 +1,6 @@
 //! The control thread: health checks, failover, reload, status API, metrics, signals.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -422,15 +422,8 @@ fn metrics_move_with_traffic() {
 
 const BIN: &str = env!("CARGO_BIN_EXE_dispa");
 
-/// The binary, started with `toml`; returns it with the proxy and status ports it logged.
-fn spawn_binary(
-    toml: &str,
-) -> (
-    std::process::Child,
-    SocketAddr,
-    SocketAddr,
-    std::path::PathBuf,
-) {
+/// The binary, started with `toml`; returns it with the proxy and status addresses.
+fn spawn_binary(toml: &str) -> (Spawned, SocketAddr, SocketAddr, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!(
         "dispa-sig-{}-{}",
         std::process::id(),
@@ -439,39 +432,8 @@ fn spawn_binary(
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("dispa.toml");
     std::fs::write(&path, toml).unwrap();
-    let mut child = Command::new(BIN)
-        .arg("-c")
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let field = |name: &str| -> Option<SocketAddr> {
-                line.split(&format!("{name}="))
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .trim_matches('"')
-                    .parse()
-                    .ok()
-            };
-            if let (Some(l), Some(s)) = (field("listen"), field("status_api")) {
-                let _ = tx.send((l, s));
-            }
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok((listen, status)) => (child, listen, status, path),
-        Err(_) => {
-            let _ = child.kill();
-            panic!("dispa did not start");
-        }
-    }
+    let (child, listen, status) = spawn_dispa(&[BIN, "-c", path.to_str().unwrap()]);
+    (child, listen, status.expect("status API address"), path)
 }
 
 fn rand_suffix() -> u128 {
@@ -481,20 +443,19 @@ fn rand_suffix() -> u128 {
         .as_nanos()
 }
 
-fn signal(child: &std::process::Child, sig: i32) {
+fn signal(child: &Spawned, sig: i32) {
     // SAFETY: kill(2) on a child process we started and have not reaped.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+    assert_eq!(unsafe { libc::kill(child.0.id() as i32, sig) }, 0);
 }
 
-fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+fn wait_exit(child: &mut Spawned, limit: Duration) -> Option<std::process::ExitStatus> {
     let end = Instant::now() + limit;
     while Instant::now() < end {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = child.0.try_wait().unwrap() {
             return Some(s);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = child.kill();
     None
 }
 
@@ -546,7 +507,7 @@ fn second_signal_exits_at_once() {
     signal(&child, libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(300));
     assert!(
-        child.try_wait().unwrap().is_none(),
+        child.0.try_wait().unwrap().is_none(),
         "the first signal waits for the request"
     );
     let sent = Instant::now();

@@ -561,3 +561,53 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
             .ok()
     })
 }
+
+/// A process started by a test: killed (and reaped) when dropped.
+pub struct Spawned(pub std::process::Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Run `argv` (the dispa binary, possibly behind `taskset`) and wait for its
+/// "dispa started" log line; returns the process and the `listen` and `status_api`
+/// addresses it logged.
+pub fn spawn_dispa(argv: &[&str]) -> (Spawned, SocketAddr, Option<SocketAddr>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    // Killed on drop from here on, also when this function panics.
+    let child = Spawned(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let field = |name: &str| -> Option<SocketAddr> {
+                let value = line
+                    .split(&format!(" {name}="))
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?;
+                value.trim_matches('"').parse().ok()
+            };
+            if let Some(listen) = field("listen") {
+                let _ = tx.send((listen, field("status_api")));
+            }
+        }
+    });
+    let (listen, status) = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("dispa did not report its address");
+    (child, listen, status)
+}
