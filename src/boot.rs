@@ -13,6 +13,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::snapshot::Registry;
 use crate::config::{Config, Snapshot};
+use crate::logging::{Logger, LoggingStats};
 use crate::msg::{WorkerEvent, WorkerMsg, WorkerReady};
 use crate::worker::{self, WorkerStats};
 
@@ -66,6 +67,7 @@ pub struct Running {
     snapshot: Arc<Snapshot>,
     registry: Registry,
     events_rx: Receiver<WorkerEvent>,
+    logger: Logger,
 }
 
 impl Running {
@@ -88,6 +90,11 @@ impl Running {
         &self.snapshot
     }
 
+    /// The logging thread's counters.
+    pub fn logging_stats(&self) -> &Arc<LoggingStats> {
+        self.logger.stats()
+    }
+
     /// What workers report (stats, passive health); read by the control thread.
     pub fn events(&self) -> &Receiver<WorkerEvent> {
         &self.events_rx
@@ -102,6 +109,9 @@ impl Running {
     ) -> Arc<Snapshot> {
         let generation = self.snapshot.generation + 1;
         let workers = self.workers.len();
+        if config.logging != self.snapshot.config.logging {
+            self.logger.reconfigure(config.logging.clone());
+        }
         let snapshot = Arc::new(Snapshot::build(
             config,
             generation,
@@ -115,15 +125,6 @@ impl Running {
         }
         self.snapshot = snapshot.clone();
         snapshot
-    }
-
-    /// Block until every worker has exited.
-    pub fn wait(mut self) {
-        for w in &mut self.workers {
-            if let Some(t) = w.thread.take() {
-                let _ = t.join();
-            }
-        }
     }
 
     /// Stop accepting, let in-flight requests finish (up to `drain`), and join the workers.
@@ -145,6 +146,8 @@ impl Running {
                 let _ = t.join();
             }
         }
+        // The workers' record senders are gone: everything they sent gets written.
+        self.logger.finish();
     }
 }
 
@@ -168,6 +171,9 @@ pub fn start(config: Config, workers: Option<usize>) -> Result<Running, Error> {
     }));
     let (ready_tx, ready_rx) = bounded(count);
     let (events_tx, events_rx) = bounded(EVENTS_CAPACITY);
+    let (records_tx, records_rx) = bounded(snapshot.config.logging.queue_size);
+    let logger =
+        Logger::start(snapshot.config.logging.clone(), records_rx).map_err(Error::Thread)?;
     let mut running = Running {
         local_addr,
         workers: Vec::with_capacity(count),
@@ -176,6 +182,7 @@ pub fn start(config: Config, workers: Option<usize>) -> Result<Running, Error> {
         snapshot: snapshot.clone(),
         registry,
         events_rx,
+        logger,
     };
     for (id, listener) in listeners.into_iter().enumerate() {
         let (inbox_tx, inbox_rx) = bounded(64);
@@ -189,6 +196,7 @@ pub fn start(config: Config, workers: Option<usize>) -> Result<Running, Error> {
             inbox_rx,
             ready_tx: ready_tx.clone(),
             events_tx: events_tx.clone(),
+            records_tx: records_tx.clone(),
             stats: stats.clone(),
         };
         let thread = std::thread::Builder::new()

@@ -54,16 +54,12 @@ fn serve(name: &str, mut stream: TcpStream) {
                         Ok(n) => need = need.saturating_sub(n),
                     }
                 }
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Backend: {name}\r\n\r\n",
+                // One write: a head and a body in two small writes meet Nagle and delayed ACKs.
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Backend: {name}\r\n\r\n{body}",
                     body.len()
                 );
-                if stream
-                    .write_all(head.as_bytes())
-                    .and_then(|_| stream.write_all(body.as_bytes()))
-                    .is_err()
-                    || close
-                {
+                if stream.write_all(response.as_bytes()).is_err() || close {
                     return;
                 }
             }

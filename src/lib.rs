@@ -15,6 +15,8 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod http;
+pub mod logging;
 pub mod msg;
 pub mod route;
+pub mod traffic;
 pub mod worker;

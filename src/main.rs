@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use dispa::control::{self, signals};
-use dispa::{boot, config, demo};
+use dispa::{boot, config, demo, traffic};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -42,6 +42,42 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
+    /// Read the traffic record (the SQLite store of [logging.database]).
+    Traffic {
+        #[command(subcommand)]
+        what: TrafficCommand,
+        /// The SQLite file (default: logging.database.path of the config).
+        #[arg(long, global = true)]
+        db: Option<PathBuf>,
+        /// Only requests to this host.
+        #[arg(long, global = true)]
+        host: Option<String>,
+        /// Only requests answered with this status.
+        #[arg(long, global = true)]
+        status: Option<u16>,
+        /// Only requests sent to this target.
+        #[arg(long, global = true)]
+        target: Option<String>,
+        /// Only requests of the last DURATION ("15m", "2h", "30s", "1d").
+        #[arg(long, global = true)]
+        since: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TrafficCommand {
+    /// The latest requests, oldest first.
+    Tail {
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+    },
+    /// Requests, error rate and p50/p99 latency per target (or per domain).
+    Summary {
+        /// Group by domain (Host) instead of target.
+        #[arg(long)]
+        by_domain: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +98,29 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => check(&cli.config),
         Some(Command::Demo { port }) => run_demo(port, cli.workers),
+        Some(Command::Traffic {
+            what,
+            db,
+            host,
+            status,
+            target,
+            since,
+        }) => {
+            let since = match since.as_deref().map(parse_since).transpose() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("--since: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let filter = traffic::Filter {
+                host,
+                status,
+                target,
+                since,
+            };
+            run_traffic(&cli.config, db, &filter, what)
+        }
         None => run(&cli.config, cli.workers),
     }
 }
@@ -188,4 +247,70 @@ fn run_demo(port: u16, workers: Option<usize>) -> ExitCode {
             demo::instructions(addr, control.health_addr(), control.metrics_addr())
         )
     })
+}
+
+/// "90s", "15m", "2h", "1d".
+fn parse_since(s: &str) -> Result<std::time::Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("expected a number and a unit, like 15m: {s:?}"))?;
+    let secs = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("unknown unit {unit:?} (s, m, h, d)")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+fn run_traffic(
+    config_path: &Path,
+    db: Option<PathBuf>,
+    filter: &traffic::Filter,
+    what: TrafficCommand,
+) -> ExitCode {
+    let path = match db {
+        Some(p) => p,
+        None => match config::load(config_path) {
+            Ok(c) => c.logging.database.path,
+            Err(e) => {
+                eprintln!(
+                    "{}: {e} (or give the database with --db)",
+                    config_path.display()
+                );
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let conn = match traffic::open(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot open {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    };
+    let out = match what {
+        TrafficCommand::Tail { lines } => traffic::tail(&conn, filter, lines),
+        TrafficCommand::Summary { by_domain } => {
+            let by = if by_domain {
+                traffic::By::Domain
+            } else {
+                traffic::By::Target
+            };
+            traffic::summary(&conn, filter, by)
+        }
+    };
+    match out {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            ExitCode::from(1)
+        }
+    }
 }

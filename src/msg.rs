@@ -89,3 +89,53 @@ mod tests {
         assert_eq!(h.count(), 3);
     }
 }
+
+/// One request as the traffic record keeps it, from a worker to the logging thread. The
+/// texts share one allocation: `text[ends[i-1]..ends[i]]` is field `i` of [`RecordText`].
+#[derive(Debug, Clone)]
+pub struct TrafficRecord {
+    /// Start of the request (complete head), Unix milliseconds.
+    pub start_ms: u64,
+    pub client: std::net::IpAddr,
+    pub worker: u16,
+    /// 0 or 1 for HTTP/1.0 and HTTP/1.1; `u8::MAX` when the head could not be parsed.
+    pub version_minor: u8,
+    /// Status sent to the client, 0 when none was.
+    pub status: u16,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub duration_us: u64,
+    pub upstream_us: Option<u64>,
+    pub target_addr: Option<std::net::SocketAddr>,
+    /// The upstream connection came from the pool (`None`: no upstream).
+    pub reused: Option<bool>,
+    pub retries: u8,
+    /// Why the request failed, when it did (`"connect"`, `"timeout"`, ...).
+    pub error: Option<&'static str>,
+    pub text: String,
+    pub ends: [u32; RecordText::COUNT],
+}
+
+/// The text fields of a [`TrafficRecord`], in storage order.
+#[derive(Debug, Clone, Copy)]
+pub enum RecordText {
+    Id = 0,
+    Method,
+    Host,
+    Path,
+    Query,
+    UserAgent,
+    Target,
+}
+
+impl RecordText {
+    pub const COUNT: usize = 7;
+}
+
+impl TrafficRecord {
+    pub fn field(&self, f: RecordText) -> &str {
+        let i = f as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.text[start..self.ends[i] as usize]
+    }
+}

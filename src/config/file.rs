@@ -2,13 +2,14 @@
 //! dotted path instead of stopping at the first. Defaults live here, next to their keys.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use toml::{Table, Value};
 
 use super::{
-    Algorithm, Config, Domains, FieldError, HealthCheck, IoDriver, Limits, Monitoring, Server,
-    Target, Targets, Timeouts, Upstream, UringFlags,
+    Algorithm, Config, DatabaseSink, Domains, FieldError, FileSink, HealthCheck, IoDriver, Limits,
+    Logging, Monitoring, Rotation, Server, Sinks, Target, Targets, Timeouts, Upstream, UringFlags,
 };
 
 /// Decode the whole file. Returns `None` only when a required section is missing entirely
@@ -22,6 +23,7 @@ pub(super) fn decode(root: &Table, errors: &mut Vec<FieldError>) -> Option<Confi
     let timeouts = timeouts(top.table("timeouts", errors), errors);
     let limits = limits(top.table("limits", errors), errors);
     let monitoring = monitoring(top.table("monitoring", errors), errors);
+    let logging = logging(top.table("logging", errors), errors);
     top.finish(errors);
     Some(Config {
         server,
@@ -31,7 +33,101 @@ pub(super) fn decode(root: &Table, errors: &mut Vec<FieldError>) -> Option<Confi
         timeouts,
         limits,
         monitoring,
+        logging,
     })
+}
+
+fn logging(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Logging {
+    let mut s = s.unwrap_or_else(|| Section::empty("logging"));
+    let enabled = s.bool("enabled", true, errors);
+    let sinks = match s.string("type", errors).as_deref() {
+        None | Some("both") => Sinks::Both,
+        Some("file") => Sinks::File,
+        Some("database") => Sinks::Database,
+        Some(_) => {
+            s.error(
+                errors,
+                "type",
+                "expected \"file\", \"database\" or \"both\"",
+            );
+            Sinks::Both
+        }
+    };
+    let mut f = s
+        .table("file", errors)
+        .unwrap_or_else(|| Section::empty("logging.file"));
+    let rotation = match f.string("rotation", errors).as_deref() {
+        None | Some("hourly") => Rotation::Hourly,
+        Some("daily") => Rotation::Daily,
+        Some("never") | Some("size") => Rotation::Never,
+        Some(_) => {
+            f.error(
+                errors,
+                "rotation",
+                "expected \"hourly\", \"daily\" or \"never\"",
+            );
+            Rotation::Hourly
+        }
+    };
+    let file = FileSink {
+        directory: f
+            .string("directory", errors)
+            .unwrap_or_else(|| "logs".into())
+            .into(),
+        max_file_size: f.uint("max_file_size", 100 << 20, 4096, u64::MAX >> 1, errors),
+        rotation,
+        retention_days: f.uint("retention_days", 7, 0, 36500, errors) as u32,
+        max_total_size: f.uint("max_total_size", 0, 0, u64::MAX >> 1, errors),
+    };
+    f.finish(errors);
+    let mut d = s
+        .table("database", errors)
+        .unwrap_or_else(|| Section::empty("logging.database"));
+    let path = match d.get_alias("path", "url") {
+        None => PathBuf::from("data/traffic.db"),
+        Some((key, v)) => match v.as_str() {
+            // The seed wrote `url = "sqlite:data/traffic.db"` (also `sqlite://...`).
+            Some(p) => {
+                let p = p
+                    .strip_prefix("sqlite://")
+                    .or_else(|| p.strip_prefix("sqlite:"))
+                    .unwrap_or(p);
+                if p.is_empty() || p.contains("://") {
+                    d.error(
+                        errors,
+                        key,
+                        "expected a file path or \"sqlite:PATH\" (only SQLite is supported)",
+                    );
+                }
+                PathBuf::from(p)
+            }
+            None => {
+                d.error(errors, key, "expected a string");
+                PathBuf::new()
+            }
+        },
+    };
+    let database = DatabaseSink {
+        path,
+        retention_days: d.uint("retention_days", 30, 0, 36500, errors) as u32,
+    };
+    d.finish(errors);
+    let batch_size = s.uint("batch_size", 1024, 1, 1_000_000, errors) as usize;
+    let flush_interval = match s.get("flush_interval_ms") {
+        None => Duration::from_millis(200),
+        Some(_) => Duration::from_millis(s.uint("flush_interval_ms", 200, 1, 3_600_000, errors)),
+    };
+    let queue_size = s.uint("queue_size", 65536, 16, 16 << 20, errors) as usize;
+    s.finish(errors);
+    Logging {
+        enabled,
+        sinks,
+        file,
+        database,
+        batch_size,
+        flush_interval,
+        queue_size,
+    }
 }
 
 fn monitoring(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Monitoring {

@@ -8,7 +8,7 @@ mod validate;
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use snapshot::{Snapshot, TargetSpec};
@@ -23,6 +23,68 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub monitoring: Monitoring,
+    pub logging: Logging,
+}
+
+/// `[logging]`: the traffic record (one entry per request), written by the logging thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logging {
+    pub enabled: bool,
+    /// `type`: which sinks get the records.
+    pub sinks: Sinks,
+    pub file: FileSink,
+    pub database: DatabaseSink,
+    /// Records per write (a batch is also written after `flush_interval`).
+    pub batch_size: usize,
+    pub flush_interval: Duration,
+    /// Capacity of the channel from the workers (records beyond it are dropped and
+    /// counted, never waited for). Takes effect at start only.
+    pub queue_size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sinks {
+    File,
+    Database,
+    Both,
+}
+
+impl Sinks {
+    pub fn file(self) -> bool {
+        matches!(self, Sinks::File | Sinks::Both)
+    }
+
+    pub fn database(self) -> bool {
+        matches!(self, Sinks::Database | Sinks::Both)
+    }
+}
+
+/// `[logging.file]`: gzip-compressed JSON Lines, rotated by size and time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSink {
+    pub directory: PathBuf,
+    /// Rotate when the current file reaches this many (compressed) bytes.
+    pub max_file_size: u64,
+    pub rotation: Rotation,
+    /// Delete Dispa's files older than this many days (0: keep).
+    pub retention_days: u32,
+    /// Delete Dispa's oldest files while all of them take more than this (0: no limit).
+    pub max_total_size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    Hourly,
+    Daily,
+    Never,
+}
+
+/// `[logging.database]`: SQLite (WAL, one transaction per batch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseSink {
+    pub path: PathBuf,
+    /// Delete rows older than this many days (0: keep).
+    pub retention_days: u32,
 }
 
 /// `[monitoring]`: the status API and the Prometheus endpoint, served by the control thread.

@@ -339,6 +339,52 @@ pub fn render(state: &State) -> String {
             ),
         ],
     ));
+    let ls = state.running.logging_stats();
+    fams.push(family(
+        "dispa_traffic_records_total",
+        "Traffic records written, by sink.",
+        COUNTER,
+        vec![
+            sample(&[("sink", "file")], COUNTER, ls.written_file.get() as f64),
+            sample(
+                &[("sink", "database")],
+                COUNTER,
+                ls.written_database.get() as f64,
+            ),
+        ],
+    ));
+    fams.push(family(
+        "dispa_traffic_records_dropped_total",
+        "Traffic records dropped because the logging thread's queue was full.",
+        COUNTER,
+        vec![sample(&[], COUNTER, sum(&|s| s.records_dropped.get()))],
+    ));
+    fams.push(family(
+        "dispa_traffic_records_lost_total",
+        "Traffic records a failing sink could not take, by sink.",
+        COUNTER,
+        vec![
+            sample(&[("sink", "file")], COUNTER, ls.lost_file.get() as f64),
+            sample(
+                &[("sink", "database")],
+                COUNTER,
+                ls.lost_database.get() as f64,
+            ),
+        ],
+    ));
+    fams.push(family(
+        "dispa_traffic_sink_errors_total",
+        "Failed batch writes, by sink.",
+        COUNTER,
+        vec![
+            sample(&[("sink", "file")], COUNTER, ls.errors_file.get() as f64),
+            sample(
+                &[("sink", "database")],
+                COUNTER,
+                ls.errors_database.get() as f64,
+            ),
+        ],
+    ));
     fams.extend(state.process.collect());
 
     // The text format has no way to show a family without samples.

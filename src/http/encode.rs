@@ -40,6 +40,8 @@ pub struct Forward<'a> {
     pub host_override: Option<&'a [u8]>,
     /// The client's address as text, appended to `X-Forwarded-For`.
     pub client_ip: &'a [u8],
+    /// An `X-Request-Id` to add (the client sent none).
+    pub request_id: Option<&'a [u8]>,
 }
 
 /// The request head sent upstream (always HTTP/1.1, keep-alive, canonical framing).
@@ -74,6 +76,9 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], h: &RequestHead, fwd: &Forwar
     out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
     out.extend_from_slice(host);
     out.extend_from_slice(b"\r\n");
+    if let Some(id) = fwd.request_id {
+        push_field(out, b"X-Request-Id", id);
+    }
     if h.expect_continue {
         out.extend_from_slice(b"Expect: 100-continue\r\n");
     }
@@ -199,6 +204,7 @@ mod tests {
             path_prefix: prefix.as_bytes(),
             host_override: host.map(str::as_bytes),
             client_ip: b"10.9.8.7",
+            request_id: None,
         };
         request_head(&mut out, raw.as_bytes(), &h, &fwd);
         String::from_utf8(out).unwrap()

@@ -13,8 +13,9 @@ use monoio::time::{timeout, timeout_at};
 use super::buf::{ReadBuf, write_vec};
 use super::forward::{self, Next};
 use super::{Active, NONE, Worker, relay};
-use crate::http::parse::{RequestLimits, parse_request};
+use crate::http::parse::{RequestLimits, field, parse_request};
 use crate::http::{Body, RequestError, RequestHead, canned};
+use crate::msg::{RecordText, TrafficRecord};
 use crate::route::{MAX_HOST_LEN, normalize_host};
 
 /// Initial capacity of a connection's buffers (grown up to the configured limits).
@@ -26,6 +27,7 @@ pub struct Conn {
     pub client: TcpStream,
     /// The client's IP as text, for `X-Forwarded-For` (formatted once per connection).
     pub client_ip: Vec<u8>,
+    pub peer_ip: std::net::IpAddr,
     /// Bytes read from the client and not yet used.
     pub rbuf: ReadBuf,
     /// Bytes read from the current upstream and not yet used.
@@ -37,6 +39,8 @@ pub struct Conn {
     pub linger: bool,
     /// What the current request came to, for the counters.
     pub outcome: Outcome,
+    /// The current request's traffic record (when recording is on).
+    pub draft: Option<RecordDraft>,
 }
 
 /// The result of one request, filled in as it goes.
@@ -48,6 +52,14 @@ pub struct Outcome {
     pub target: u32,
     /// From sending the request upstream to the response head.
     pub upstream: Option<Duration>,
+    /// Body bytes received from the client and sent to it.
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    /// Whether the upstream connection came from the pool (`None`: no upstream).
+    pub reused: Option<bool>,
+    pub retries: u8,
+    /// Why the request failed, when it did.
+    pub error: Option<&'static str>,
 }
 
 impl Default for Outcome {
@@ -56,8 +68,50 @@ impl Default for Outcome {
             status: 0,
             target: NONE,
             upstream: None,
+            request_bytes: 0,
+            response_bytes: 0,
+            reused: None,
+            retries: 0,
+            error: None,
         }
     }
+}
+
+/// The traffic record of the current request, begun when its head was parsed.
+pub struct RecordDraft {
+    start_ms: u64,
+    version_minor: u8,
+    text: String,
+    ends: [u32; RecordText::COUNT],
+    /// Dispa made the id up (the client sent none): it goes upstream as X-Request-Id.
+    pub generated_id: bool,
+}
+
+impl RecordDraft {
+    fn push(&mut self, field: RecordText, value: &str) {
+        self.text.push_str(value);
+        self.ends[field as usize] = self.text.len() as u32;
+    }
+
+    pub fn id(&self) -> &str {
+        &self.text[..self.ends[RecordText::Id as usize] as usize]
+    }
+}
+
+/// A client's X-Request-Id is kept when it is short visible ASCII.
+fn usable_request_id(v: &[u8]) -> Option<&str> {
+    let ok = !v.is_empty() && v.len() <= 128 && v.iter().all(|&b| b.is_ascii_graphic());
+    if ok {
+        std::str::from_utf8(v).ok()
+    } else {
+        None
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Why reading a head ended without one.
@@ -76,11 +130,13 @@ pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
         worker: worker.clone(),
         client,
         client_ip,
+        peer_ip: peer.ip().to_canonical(),
         rbuf: ReadBuf::with_capacity(BUF_START),
         ubuf: ReadBuf::with_capacity(0),
         out: Vec::with_capacity(1024),
         linger: false,
         outcome: Outcome::default(),
+        draft: None,
     };
     match conn.run().await {
         Some(upstream) => {
@@ -111,6 +167,21 @@ impl Conn {
                     }
                     let _ = self.reply(status, why, true).await;
                     self.worker.record(NONE, NONE, status, Duration::ZERO, None);
+                    // Recorded too, with what is known: no head could be read.
+                    if self.worker.active().snapshot.config.logging.enabled {
+                        let mut draft = self.new_draft(u8::MAX);
+                        let id = self.worker.next_request_id();
+                        draft.push(RecordText::Id, &id);
+                        for f in [RecordText::Method, RecordText::Host, RecordText::Path] {
+                            draft.push(f, "");
+                        }
+                        for f in [RecordText::Query, RecordText::UserAgent] {
+                            draft.push(f, "");
+                        }
+                        self.draft = Some(draft);
+                        self.outcome.error = Some("bad_request");
+                        self.finish_record(&self.worker.active(), Duration::ZERO);
+                    }
                     return None;
                 }
             };
@@ -177,9 +248,12 @@ impl Conn {
         let start = Instant::now();
         self.outcome = Outcome::default();
         let mut host_buf = [0u8; MAX_HOST_LEN];
-        let rule = normalize_host(head.host.of(self.rbuf.data()), &mut host_buf)
-            .and_then(|host| active.snapshot.routes.lookup(host));
+        let host = normalize_host(head.host.of(self.rbuf.data()), &mut host_buf);
+        let rule = host.and_then(|h| active.snapshot.routes.lookup(h));
         self.worker.stats.requests.inc();
+        if active.snapshot.config.logging.enabled {
+            self.begin_record(&head, host);
+        }
         let next = match rule {
             Some(_) => forward::exchange(self, active, head).await,
             None => {
@@ -199,7 +273,75 @@ impl Conn {
         let total = start.elapsed();
         self.worker
             .record(rule.unwrap_or(NONE), o.target, o.status, total, o.upstream);
+        self.finish_record(active, total);
         next
+    }
+
+    fn new_draft(&self, version_minor: u8) -> RecordDraft {
+        RecordDraft {
+            start_ms: unix_ms(),
+            version_minor,
+            text: String::with_capacity(160),
+            ends: [0; RecordText::COUNT],
+            generated_id: false,
+        }
+    }
+
+    /// Copy what the record needs from the head while it is still in the buffer.
+    fn begin_record(&mut self, head: &RequestHead, host: Option<&str>) {
+        let data = self.rbuf.data();
+        let mut draft = self.new_draft(head.minor_version);
+        match field(data, &head.fields, b"x-request-id").and_then(usable_request_id) {
+            Some(id) => draft.push(RecordText::Id, id),
+            None => {
+                draft.push(RecordText::Id, &self.worker.next_request_id());
+                draft.generated_id = true;
+            }
+        }
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        draft.push(RecordText::Method, &text(head.method.of(data)));
+        // The normalized host (what matching used), else the raw value.
+        match host {
+            Some(h) => draft.push(RecordText::Host, h),
+            None => draft.push(RecordText::Host, &text(head.host.of(data))),
+        }
+        let target = head.path.of(data);
+        let (path, query) = match target.iter().position(|&b| b == b'?') {
+            Some(i) => (&target[..i], &target[i + 1..]),
+            None => (target, &b""[..]),
+        };
+        draft.push(RecordText::Path, &text(path));
+        draft.push(RecordText::Query, &text(query));
+        let ua = field(data, &head.fields, b"user-agent").unwrap_or_default();
+        draft.push(RecordText::UserAgent, &text(ua));
+        self.draft = Some(draft);
+    }
+
+    /// Complete the record with the outcome and hand it to the logging thread.
+    fn finish_record(&mut self, active: &Active, total: Duration) {
+        let Some(mut d) = self.draft.take() else {
+            return;
+        };
+        let o = self.outcome;
+        let target = active.snapshot.targets.get(o.target as usize);
+        d.push(RecordText::Target, target.map_or("", |t| t.name.as_str()));
+        self.worker.send_record(TrafficRecord {
+            start_ms: d.start_ms,
+            client: self.peer_ip,
+            worker: self.worker.id as u16,
+            version_minor: d.version_minor,
+            status: o.status,
+            request_bytes: o.request_bytes,
+            response_bytes: o.response_bytes,
+            duration_us: total.as_micros() as u64,
+            upstream_us: o.upstream.map(|u| u.as_micros() as u64),
+            target_addr: target.map(|t| t.addr),
+            reused: o.reused,
+            retries: o.retries,
+            error: o.error,
+            text: d.text,
+            ends: d.ends,
+        });
     }
 
     /// Half-close, then read and drop what the client still sends (at most 64 KiB, 1 s),
@@ -240,6 +382,7 @@ impl Conn {
     pub async fn reply(&mut self, status: u16, message: &str, close: bool) -> bool {
         self.linger |= close;
         self.outcome.status = status;
+        self.outcome.response_bytes = message.len() as u64 + 1;
         self.out.clear();
         canned::response(&mut self.out, status, message, close);
         let send = self.worker.active().snapshot.config.timeouts.send;

@@ -75,6 +75,11 @@ pub async fn exchange(conn: &mut Conn, active: &Active, head: RequestHead) -> Ne
     let (idx, up) = match pick_and_connect(conn, active).await {
         Ok(found) => found,
         Err((status, why)) => {
+            conn.outcome.error = Some(match status {
+                503 => "no_target",
+                504 => "connect_timeout",
+                _ => "connect",
+            });
             // Nothing was sent; the connection survives only if no body is left unread.
             let keep = head.keep_alive && head.body == Body::None;
             conn.rbuf.consume(head.head_len);
@@ -88,6 +93,7 @@ pub async fn exchange(conn: &mut Conn, active: &Active, head: RequestHead) -> Ne
     };
     let target = &snap.targets[idx];
     conn.outcome.target = idx as u32;
+    conn.outcome.reused = Some(up.reused);
     let _inflight = InflightGuard::new(target, conn.worker.id);
     let mut up = up;
 
@@ -97,6 +103,11 @@ pub async fn exchange(conn: &mut Conn, active: &Active, head: RequestHead) -> Ne
         path_prefix: target.path_prefix.as_bytes(),
         host_override,
         client_ip: &conn.client_ip,
+        request_id: conn
+            .draft
+            .as_ref()
+            .filter(|d| d.generated_id)
+            .map(|d| d.id().as_bytes()),
     };
     encode::request_head(&mut conn.out, conn.rbuf.data(), &head, &fwd);
     // Kept for the 101 answer: the head's bytes are consumed before the response arrives.
@@ -114,6 +125,7 @@ pub async fn exchange(conn: &mut Conn, active: &Active, head: RequestHead) -> Ne
     {
         conn.out.extend_from_slice(&conn.rbuf.data()[..n as usize]);
         conn.rbuf.consume(n as usize);
+        conn.outcome.request_bytes = n;
         body_sent = true;
     }
     // Replayed only when the whole request is in `out` and sending it twice is harmless.
@@ -127,6 +139,8 @@ pub async fn exchange(conn: &mut Conn, active: &Active, head: RequestHead) -> Ne
             Err(Failure::Stale) if up.reused && replayable && !retried => {
                 retried = true;
                 conn.worker.stats.upstream_retries.inc();
+                conn.outcome.retries += 1;
+                conn.outcome.reused = Some(false);
                 conn.ubuf.consume(conn.ubuf.len());
                 match connect(conn, target, cfg.timeouts.connect).await {
                     Ok(stream) => {
@@ -295,7 +309,10 @@ async fn send_request(
         Body::None | Body::Close => Ok(0),
     };
     match sent {
-        Ok(n) => conn.worker.stats.bytes_from_clients.add(n),
+        Ok(n) => {
+            conn.worker.stats.bytes_from_clients.add(n);
+            conn.outcome.request_bytes = n;
+        }
         Err(RelayError::Read(ReadFailure::Timeout)) => {
             let why = "timed out reading the request body";
             return Err(Failure::Client(Some((408, why))));
@@ -403,6 +420,12 @@ async fn relay_interim(conn: &mut Conn, r: &ResponseHead) -> Result<(), Failure>
 }
 
 async fn fail(conn: &mut Conn, f: Failure) -> Next {
+    conn.outcome.error = Some(match f {
+        Failure::Answer(504, _) => "timeout",
+        Failure::Answer(..) => "bad_response",
+        Failure::Client(_) => "client",
+        Failure::Stale => "upstream_closed",
+    });
     match f {
         Failure::Answer(status, why) => {
             match status {
@@ -492,6 +515,7 @@ async fn respond(
     {
         conn.out.extend_from_slice(&conn.ubuf.data()[..n as usize]);
         conn.ubuf.consume(n as usize);
+        conn.outcome.response_bytes = n;
         body_done = true;
     }
     let sent = conn.out.len() as u64;
@@ -550,9 +574,13 @@ async fn respond(
             Body::None => Ok(0),
         };
         match relayed {
-            Ok(n) => stats.bytes_to_clients.add(n),
+            Ok(n) => {
+                stats.bytes_to_clients.add(n);
+                conn.outcome.response_bytes = n;
+            }
             // A truncated or broken body is never completed for the client: reset it.
             Err(_) => {
+                conn.outcome.error = Some("truncated");
                 conn.abort_on_close();
                 return Next::Close;
             }

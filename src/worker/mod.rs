@@ -22,7 +22,13 @@ use monoio::io::Canceller;
 
 use crate::balance::Balancer;
 use crate::config::{IoDriver, Snapshot, UringFlags};
-use crate::msg::{Histogram, StatsReport, WorkerEvent, WorkerMsg, WorkerReady};
+use crate::msg::{Histogram, StatsReport, TrafficRecord, WorkerEvent, WorkerMsg, WorkerReady};
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 use pool::Pool;
 pub use stats::WorkerStats;
 
@@ -40,6 +46,7 @@ pub struct Start {
     pub inbox_rx: Receiver<WorkerMsg>,
     pub ready_tx: Sender<WorkerReady>,
     pub events_tx: Sender<WorkerEvent>,
+    pub records_tx: Sender<TrafficRecord>,
     pub stats: Arc<WorkerStats>,
 }
 
@@ -100,11 +107,29 @@ pub struct Worker {
     unsent: RefCell<Option<StatsReport>>,
     /// Consecutive connect failures per target id, for passive health checks.
     failures: RefCell<HashMap<u64, u32>>,
+    records_tx: Sender<TrafficRecord>,
+    /// Request ids: `<start time><worker>` then a counter, unique across restarts.
+    id_prefix: String,
+    next_id: Cell<u64>,
 }
 
 impl Worker {
     pub fn active(&self) -> Rc<Active> {
         self.active.borrow().clone()
+    }
+
+    /// A new request id (24 hex digits).
+    pub fn next_request_id(&self) -> String {
+        let n = self.next_id.get();
+        self.next_id.set(n + 1);
+        format!("{}{:014x}", self.id_prefix, n & 0xff_ffff_ffff_ffff)
+    }
+
+    /// Hand a record to the logging thread; a full channel drops it (counted).
+    pub fn send_record(&self, record: TrafficRecord) {
+        if self.records_tx.try_send(record).is_err() {
+            self.stats.records_dropped.inc();
+        }
     }
 
     /// Count one finished request. `rule`/`target` are indices of the current snapshot
@@ -277,6 +302,7 @@ async fn serve(start: Start, driver: &'static str) {
         inbox_rx,
         ready_tx,
         events_tx,
+        records_tx,
         stats,
         ..
     } = start;
@@ -303,6 +329,9 @@ async fn serve(start: Start, driver: &'static str) {
         tally: RefCell::default(),
         unsent: RefCell::default(),
         failures: RefCell::default(),
+        records_tx,
+        id_prefix: format!("{:08x}{:02x}", unix_secs() as u32, id as u8),
+        next_id: Cell::new(0),
     });
     worker
         .pool

@@ -59,6 +59,8 @@ pub struct WorkerStats {
     pub pool_idle: Counter,
     /// Generation of the snapshot this worker runs new requests on.
     pub generation: Counter,
+    /// Traffic records dropped because the logging thread's channel was full.
+    pub records_dropped: Counter,
     pub bytes_from_clients: Counter,
     pub bytes_to_clients: Counter,
 }

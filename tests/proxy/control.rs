@@ -143,6 +143,7 @@ fn weighted(targets: &[(SocketAddr, u32)]) -> String {
         );
     }
     s + "[targets.load_balancing]\ntype = \"weighted\"\n[targets.health_check]\nenabled = false\n"
+        + "[logging]\nenabled = false\n"
         + MONITORING
 }
 

@@ -28,7 +28,29 @@ pub fn config(targets: &[SocketAddr], algorithm: &str, extra: &str) -> String {
         s += &format!("[[targets.targets]]\nname = \"b{i}\"\nurl = \"http://{t}\"\n");
     }
     s += &format!("[targets.load_balancing]\ntype = \"{algorithm}\"\n{extra}\n");
+    if !extra.contains("[logging]") {
+        s += &logging_section(&scratch_dir("records"));
+    }
     s
+}
+
+/// A fresh directory under the system temp dir.
+pub fn scratch_dir(what: &str) -> std::path::PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("dispa-{what}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Traffic records into `dir` (files under `dir/logs`, SQLite at `dir/traffic.db`).
+pub fn logging_section(dir: &std::path::Path) -> String {
+    format!(
+        "[logging]\ntype = \"both\"\nflush_interval_ms = 50\n[logging.file]\ndirectory = \"{}\"\n[logging.database]\npath = \"{}\"\n",
+        dir.join("logs").display(),
+        dir.join("traffic.db").display()
+    )
 }
 
 /// A request as a backend saw it.
@@ -579,6 +601,7 @@ pub fn spawn_dispa(argv: &[&str]) -> (Spawned, SocketAddr, Option<SocketAddr>) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(argv[0])
         .args(&argv[1..])
+        .current_dir(scratch_dir("cwd"))
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

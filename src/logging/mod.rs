@@ -1,0 +1,261 @@
+//! The logging thread: the only place that writes traffic to disk. Workers hand it
+//! [`TrafficRecord`]s with `try_send` on a bounded channel (a full channel drops the record
+//! and counts it; a worker never waits). It batches them (by count and by time) and writes
+//! each batch to the file sink, the SQLite sink, or both. A failing sink is logged at a
+//! bounded rate, counted, and retried by itself; it never slows the proxy. When every
+//! worker has gone (their senders dropped), it writes what it holds and ends.
+
+pub mod file;
+pub mod record;
+pub mod sqlite;
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender, never, select};
+
+use crate::config::Logging;
+use crate::msg::TrafficRecord;
+use crate::worker::stats::Counter;
+
+/// Counters of the logging thread (its only writer).
+#[derive(Debug, Default)]
+pub struct LoggingStats {
+    pub written_file: Counter,
+    pub written_database: Counter,
+    /// Records a failing sink could not take.
+    pub lost_file: Counter,
+    pub lost_database: Counter,
+    pub errors_file: Counter,
+    pub errors_database: Counter,
+    pub batches: Counter,
+}
+
+/// How often retention runs, and how long a failed sink rests before it is tried again.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// At most one error line per sink per this period (the rest are counted).
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The running logging thread.
+pub struct Logger {
+    thread: Option<JoinHandle<()>>,
+    settings_tx: Option<Sender<Logging>>,
+    stats: Arc<LoggingStats>,
+}
+
+impl Logger {
+    pub fn start(
+        settings: Logging,
+        records_rx: Receiver<TrafficRecord>,
+    ) -> std::io::Result<Logger> {
+        let stats = Arc::new(LoggingStats::default());
+        let (settings_tx, settings_rx) = crossbeam_channel::bounded(4);
+        let thread_stats = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name("dispa-logging".into())
+            .spawn(move || Writer::new(settings, thread_stats).run(records_rx, settings_rx))?;
+        Ok(Logger {
+            thread: Some(thread),
+            settings_tx: Some(settings_tx),
+            stats,
+        })
+    }
+
+    pub fn stats(&self) -> &Arc<LoggingStats> {
+        &self.stats
+    }
+
+    /// New recording settings: what is batched so far is written first, with the old ones.
+    pub fn reconfigure(&self, settings: Logging) {
+        if let Some(tx) = &self.settings_tx {
+            let _ = tx.send(settings);
+        }
+    }
+
+    /// Wait until every record sent has been written. Call after the workers have exited
+    /// (their senders are what keeps the thread waiting for more).
+    pub fn finish(&mut self) {
+        self.settings_tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Rate-limits one sink's error lines and paces its retries.
+#[derive(Default)]
+struct Failing {
+    last_logged: Option<Instant>,
+    suppressed: u64,
+    retry_at: Option<Instant>,
+}
+
+impl Failing {
+    fn note(&mut self, sink: &str, error: &dyn std::fmt::Display, now: Instant) {
+        self.retry_at = Some(now + RETRY_AFTER);
+        if self
+            .last_logged
+            .is_none_or(|t| now.duration_since(t) >= ERROR_LOG_EVERY)
+        {
+            tracing::error!(
+                sink,
+                suppressed = self.suppressed,
+                "traffic record sink failed: {error}"
+            );
+            self.last_logged = Some(now);
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+    }
+
+    fn resting(&self, now: Instant) -> bool {
+        self.retry_at.is_some_and(|t| now < t)
+    }
+
+    fn recovered(&mut self, sink: &str) {
+        if self.retry_at.take().is_some() {
+            tracing::info!(sink, "traffic record sink recovered");
+        }
+    }
+}
+
+struct Writer {
+    settings: Logging,
+    file: file::FileSink,
+    db: sqlite::SqliteSink,
+    stats: Arc<LoggingStats>,
+    file_failing: Failing,
+    db_failing: Failing,
+    batch: Vec<TrafficRecord>,
+}
+
+impl Writer {
+    fn new(settings: Logging, stats: Arc<LoggingStats>) -> Self {
+        Writer {
+            file: file::FileSink::new(settings.file.clone()),
+            db: sqlite::SqliteSink::new(settings.database.clone()),
+            batch: Vec::with_capacity(settings.batch_size),
+            settings,
+            stats,
+            file_failing: Failing::default(),
+            db_failing: Failing::default(),
+        }
+    }
+
+    fn run(mut self, records_rx: Receiver<TrafficRecord>, settings_rx: Receiver<Logging>) {
+        let mut settings_rx = settings_rx;
+        let mut deadline = Instant::now() + self.settings.flush_interval;
+        let mut next_retention = Instant::now();
+        loop {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            select! {
+                recv(records_rx) -> r => match r {
+                    Ok(record) => {
+                        self.batch.push(record);
+                        if self.batch.len() >= self.settings.batch_size {
+                            self.flush();
+                        }
+                    }
+                    Err(_) => break,
+                },
+                recv(settings_rx) -> s => match s {
+                    Ok(settings) => {
+                        self.flush();
+                        self.apply(settings);
+                    }
+                    Err(_) => settings_rx = never(),
+                },
+                default(wait) => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.flush();
+                deadline = now + self.settings.flush_interval;
+            }
+            if now >= next_retention {
+                self.retention();
+                next_retention = now + RETENTION_EVERY;
+            }
+        }
+        self.flush();
+    }
+
+    fn apply(&mut self, settings: Logging) {
+        self.file.reconfigure(settings.file.clone());
+        self.db.reconfigure(settings.database.clone());
+        self.file_failing.retry_at = None;
+        self.db_failing.retry_at = None;
+        self.settings = settings;
+    }
+
+    /// Write the batch to every configured sink.
+    fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let n = self.batch.len() as u64;
+        let sinks = self.settings.sinks;
+        if sinks.file() {
+            if self.file_failing.resting(now) {
+                self.stats.lost_file.add(n);
+            } else {
+                match self.file.write(&self.batch, SystemTime::now()) {
+                    Ok(()) => {
+                        self.stats.written_file.add(n);
+                        self.file_failing.recovered("file");
+                    }
+                    Err(e) => {
+                        self.file.reset();
+                        self.stats.errors_file.inc();
+                        self.stats.lost_file.add(n);
+                        self.file_failing.note("file", &e, now);
+                    }
+                }
+            }
+        }
+        if sinks.database() {
+            if self.db_failing.resting(now) {
+                self.stats.lost_database.add(n);
+            } else {
+                match self.db.write(&self.batch) {
+                    Ok(()) => {
+                        self.stats.written_database.add(n);
+                        self.db_failing.recovered("database");
+                    }
+                    Err(e) => {
+                        self.db.reset();
+                        self.stats.errors_database.inc();
+                        self.stats.lost_database.add(n);
+                        self.db_failing.note("database", &e, now);
+                    }
+                }
+            }
+        }
+        self.stats.batches.inc();
+        self.batch.clear();
+    }
+
+    fn retention(&mut self) {
+        if !self.settings.enabled {
+            return;
+        }
+        let now = SystemTime::now();
+        if self.settings.sinks.file()
+            && let Err(e) = self.file.retain(now)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("traffic file retention: {e}");
+        }
+        if self.settings.sinks.database()
+            && !self.db_failing.resting(Instant::now())
+            && let Err(e) = self.db.retain(now)
+        {
+            self.db.reset();
+            tracing::warn!("traffic database retention: {e}");
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The SQLite sink: WAL mode, one transaction and one cached prepared statement per batch,
+//! a schema version with migrations, and retention that deletes old rows in small chunks
+//! so the writer is never held up for long. Schema: docs/DATABASE.md.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, params};
+
+use crate::config::DatabaseSink as Settings;
+use crate::msg::{RecordText, TrafficRecord};
+
+/// Each entry migrates from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE requests (
+        id              TEXT    NOT NULL,
+        ts_ms           INTEGER NOT NULL,
+        client          TEXT    NOT NULL,
+        worker          INTEGER NOT NULL,
+        method          TEXT    NOT NULL,
+        scheme          TEXT    NOT NULL,
+        host            TEXT    NOT NULL,
+        path            TEXT    NOT NULL,
+        query           TEXT    NOT NULL,
+        version         TEXT    NOT NULL,
+        user_agent      TEXT    NOT NULL,
+        request_bytes   INTEGER NOT NULL,
+        status          INTEGER NOT NULL,
+        response_bytes  INTEGER NOT NULL,
+        target          TEXT    NOT NULL,
+        target_addr     TEXT    NOT NULL,
+        duration_us     INTEGER NOT NULL,
+        upstream_us     INTEGER,
+        upstream_reused INTEGER,
+        retries         INTEGER NOT NULL,
+        error           TEXT
+    );
+    CREATE INDEX requests_ts ON requests (ts_ms);
+    CREATE INDEX requests_host_ts ON requests (host, ts_ms);
+    CREATE INDEX requests_status_ts ON requests (status, ts_ms);
+    CREATE INDEX requests_target_ts ON requests (target, ts_ms);
+"];
+
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+const INSERT: &str = "INSERT INTO requests (id, ts_ms, client, worker, method, scheme, host, path, query, \
+     version, user_agent, request_bytes, status, response_bytes, target, target_addr, duration_us, \
+     upstream_us, upstream_reused, retries, error) \
+     VALUES (?1, ?2, ?3, ?4, ?5, 'http', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)";
+
+/// Rows deleted per retention statement, and statements per pass.
+const RETENTION_CHUNK: usize = 2000;
+const RETENTION_CHUNKS_PER_PASS: usize = 10;
+
+/// Open (creating directories and the file) and migrate to [`SCHEMA_VERSION`].
+pub fn open(path: &Path) -> rusqlite::Result<Connection> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    }
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_millis(200))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // WAL + NORMAL: a batch survives a process crash; only an OS crash may lose the last.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(rusqlite::Error::InvalidQuery);
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+pub struct SqliteSink {
+    settings: Settings,
+    conn: Option<Connection>,
+}
+
+impl SqliteSink {
+    pub fn new(settings: Settings) -> Self {
+        SqliteSink {
+            settings,
+            conn: None,
+        }
+    }
+
+    pub fn reconfigure(&mut self, settings: Settings) {
+        if settings.path != self.settings.path {
+            self.conn = None;
+        }
+        self.settings = settings;
+    }
+
+    /// Forget the connection after an error; the next batch opens it again.
+    pub fn reset(&mut self) {
+        self.conn = None;
+    }
+
+    fn conn(&mut self) -> rusqlite::Result<&mut Connection> {
+        if self.conn.is_none() {
+            self.conn = Some(open(&self.settings.path)?);
+        }
+        Ok(self.conn.as_mut().expect("opened above"))
+    }
+
+    /// Insert `records` in one transaction.
+    pub fn write(&mut self, records: &[TrafficRecord]) -> rusqlite::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let conn = self.conn()?;
+        let tx = conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(INSERT)?;
+            for r in records {
+                use RecordText::*;
+                let version = match r.version_minor {
+                    0 => "HTTP/1.0",
+                    1 => "HTTP/1.1",
+                    _ => "",
+                };
+                insert.execute(params![
+                    r.field(Id),
+                    r.start_ms as i64,
+                    r.client.to_string(),
+                    r.worker,
+                    r.field(Method),
+                    r.field(Host),
+                    r.field(Path),
+                    r.field(Query),
+                    version,
+                    r.field(UserAgent),
+                    r.request_bytes as i64,
+                    r.status,
+                    r.response_bytes as i64,
+                    r.field(Target),
+                    r.target_addr.map(|a| a.to_string()).unwrap_or_default(),
+                    r.duration_us as i64,
+                    r.upstream_us.map(|u| u as i64),
+                    r.reused,
+                    r.retries,
+                    r.error,
+                ])?;
+            }
+        }
+        tx.commit()
+    }
+
+    /// Delete rows older than `retention_days`, a chunk at a time; returns rows deleted.
+    pub fn retain(&mut self, now: SystemTime) -> rusqlite::Result<usize> {
+        if self.settings.retention_days == 0 {
+            return Ok(0);
+        }
+        let max_age = Duration::from_secs(u64::from(self.settings.retention_days) * 86_400);
+        let cutoff = now
+            .checked_sub(max_age)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as i64);
+        let conn = self.conn()?;
+        let mut deleted = 0;
+        for _ in 0..RETENTION_CHUNKS_PER_PASS {
+            let n = conn.execute(
+                "DELETE FROM requests WHERE rowid IN \
+                 (SELECT rowid FROM requests WHERE ts_ms < ?1 ORDER BY ts_ms LIMIT ?2)",
+                params![cutoff, RETENTION_CHUNK as i64],
+            )?;
+            deleted += n;
+            if n < RETENTION_CHUNK {
+                break;
+            }
+        }
+        Ok(deleted)
+    }
+}

@@ -1,0 +1,165 @@
+//! `dispa traffic`: read the SQLite traffic store — the latest requests with filters, and
+//! a summary per target or domain (requests, error rate, p50/p99 latency).
+
+use std::fmt::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, params_from_iter, types::Value};
+
+use crate::logging::record::rfc3339_ms;
+
+/// Which requests to show.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub host: Option<String>,
+    pub status: Option<u16>,
+    pub target: Option<String>,
+    /// Only requests that started within this long before now.
+    pub since: Option<Duration>,
+}
+
+impl Filter {
+    fn clause(&self) -> (String, Vec<Value>) {
+        let mut sql = String::from(" WHERE 1 = 1");
+        let mut args = Vec::new();
+        if let Some(h) = &self.host {
+            sql += " AND host = ?";
+            args.push(Value::Text(h.to_ascii_lowercase()));
+        }
+        if let Some(s) = self.status {
+            sql += " AND status = ?";
+            args.push(Value::Integer(i64::from(s)));
+        }
+        if let Some(t) = &self.target {
+            sql += " AND target = ?";
+            args.push(Value::Text(t.clone()));
+        }
+        if let Some(since) = self.since {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            sql += " AND ts_ms >= ?";
+            args.push(Value::Integer(now.saturating_sub(since).as_millis() as i64));
+        }
+        (sql, args)
+    }
+}
+
+pub fn open(path: &Path) -> rusqlite::Result<Connection> {
+    Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+}
+
+/// The latest `limit` requests matching `filter`, oldest first, one line each.
+pub fn tail(conn: &Connection, filter: &Filter, limit: usize) -> rusqlite::Result<String> {
+    let (clause, mut args) = filter.clause();
+    let sql = format!(
+        "SELECT ts_ms, status, method, host, path, query, target, duration_us, id, error FROM requests{clause} \
+         ORDER BY ts_ms DESC, rowid DESC LIMIT ?"
+    );
+    args.push(Value::Integer(limit as i64));
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(params_from_iter(args), |r| {
+        let query: String = r.get(5)?;
+        let path: String = r.get(4)?;
+        let target = if query.is_empty() {
+            path
+        } else {
+            format!("{path}?{query}")
+        };
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, u16>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            target,
+            r.get::<_, String>(6)?,
+            r.get::<_, i64>(7)?,
+            r.get::<_, String>(8)?,
+            r.get::<_, Option<String>>(9)?,
+        ))
+    })?;
+    let mut lines: Vec<String> = Vec::new();
+    for row in rows {
+        let (ts, status, method, host, path, target, us, id, error) = row?;
+        let mut line = format!(
+            "{} {status} {method} {host}{path} -> {} {:.3}ms id={id}",
+            rfc3339_ms(ts as u64),
+            if target.is_empty() { "-" } else { &target },
+            us as f64 / 1000.0
+        );
+        if let Some(e) = error {
+            let _ = write!(line, " error={e}");
+        }
+        lines.push(line);
+    }
+    lines.reverse();
+    Ok(lines.join("\n"))
+}
+
+/// Group for [`summary`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    Target,
+    Domain,
+}
+
+/// Requests, 5xx rate and latency percentiles per group, as an aligned table.
+pub fn summary(conn: &Connection, filter: &Filter, by: By) -> rusqlite::Result<String> {
+    let (clause, args) = filter.clause();
+    let column = match by {
+        By::Target => "target",
+        By::Domain => "host",
+    };
+    let sql = format!(
+        "SELECT {column}, status, duration_us FROM requests{clause} ORDER BY {column}, duration_us"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(params_from_iter(args), |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, u16>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    let mut groups: Vec<(String, Vec<i64>, u64)> = Vec::new();
+    for row in rows {
+        let (key, status, us) = row?;
+        if groups.last().is_none_or(|g| g.0 != key) {
+            groups.push((key, Vec::new(), 0));
+        }
+        let g = groups.last_mut().expect("pushed above");
+        g.1.push(us);
+        g.2 += u64::from(status >= 500 || status == 0);
+    }
+    let pct = |sorted: &[i64], p: f64| {
+        let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+    };
+    let mut out = format!(
+        "{:<32} {:>10} {:>8} {:>10} {:>10}\n",
+        match by {
+            By::Target => "target",
+            By::Domain => "domain",
+        },
+        "requests",
+        "errors",
+        "p50 ms",
+        "p99 ms"
+    );
+    for (key, durations, errors) in &groups {
+        let name = if key.is_empty() { "(none)" } else { key };
+        let _ = writeln!(
+            out,
+            "{name:<32} {:>10} {:>7.1}% {:>10.3} {:>10.3}",
+            durations.len(),
+            *errors as f64 * 100.0 / durations.len() as f64,
+            pct(durations, 0.50),
+            pct(durations, 0.99)
+        );
+    }
+    Ok(out)
+}
