@@ -10,5 +10,6 @@ mod proxy {
     pub mod errors;
     pub mod forwarding;
     pub mod harness;
+    pub mod recording;
     pub mod routing;
 }

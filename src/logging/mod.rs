@@ -41,8 +41,16 @@ const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 /// The running logging thread.
 pub struct Logger {
     thread: Option<JoinHandle<()>>,
-    settings_tx: Option<Sender<Logging>>,
+    control_tx: Sender<Control>,
     stats: Arc<LoggingStats>,
+}
+
+/// What the logging thread is told besides records.
+enum Control {
+    /// New settings: write what is batched with the old ones first.
+    Settings(Logging),
+    /// The workers have exited: write everything queued, then end.
+    Finish,
 }
 
 impl Logger {
@@ -51,14 +59,14 @@ impl Logger {
         records_rx: Receiver<TrafficRecord>,
     ) -> std::io::Result<Logger> {
         let stats = Arc::new(LoggingStats::default());
-        let (settings_tx, settings_rx) = crossbeam_channel::bounded(4);
+        let (control_tx, control_rx) = crossbeam_channel::bounded(4);
         let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("dispa-logging".into())
-            .spawn(move || Writer::new(settings, thread_stats).run(records_rx, settings_rx))?;
+            .spawn(move || Writer::new(settings, thread_stats).run(records_rx, control_rx))?;
         Ok(Logger {
             thread: Some(thread),
-            settings_tx: Some(settings_tx),
+            control_tx,
             stats,
         })
     }
@@ -69,16 +77,14 @@ impl Logger {
 
     /// New recording settings: what is batched so far is written first, with the old ones.
     pub fn reconfigure(&self, settings: Logging) {
-        if let Some(tx) = &self.settings_tx {
-            let _ = tx.send(settings);
-        }
+        let _ = self.control_tx.send(Control::Settings(settings));
     }
 
-    /// Wait until every record sent has been written. Call after the workers have exited
-    /// (their senders are what keeps the thread waiting for more).
+    /// Write every record queued so far, then end the thread. Call after the workers have
+    /// exited, so that nothing more can be queued.
     pub fn finish(&mut self) {
-        self.settings_tx = None;
         if let Some(t) = self.thread.take() {
+            let _ = self.control_tx.send(Control::Finish);
             let _ = t.join();
         }
     }
@@ -145,8 +151,8 @@ impl Writer {
         }
     }
 
-    fn run(mut self, records_rx: Receiver<TrafficRecord>, settings_rx: Receiver<Logging>) {
-        let mut settings_rx = settings_rx;
+    fn run(mut self, records_rx: Receiver<TrafficRecord>, control_rx: Receiver<Control>) {
+        let mut control_rx = control_rx;
         let mut deadline = Instant::now() + self.settings.flush_interval;
         let mut next_retention = Instant::now();
         loop {
@@ -161,12 +167,21 @@ impl Writer {
                     }
                     Err(_) => break,
                 },
-                recv(settings_rx) -> s => match s {
-                    Ok(settings) => {
+                recv(control_rx) -> m => match m {
+                    Ok(Control::Settings(settings)) => {
                         self.flush();
                         self.apply(settings);
                     }
-                    Err(_) => settings_rx = never(),
+                    Ok(Control::Finish) => {
+                        for record in records_rx.try_iter() {
+                            self.batch.push(record);
+                            if self.batch.len() >= self.settings.batch_size {
+                                self.flush();
+                            }
+                        }
+                        break;
+                    }
+                    Err(_) => control_rx = never(),
                 },
                 default(wait) => {}
             }

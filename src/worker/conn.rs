@@ -138,7 +138,13 @@ pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
         outcome: Outcome::default(),
         draft: None,
     };
-    match conn.run().await {
+    let slot = worker
+        .open_sockets()
+        .borrow_mut()
+        .insert(std::os::fd::AsRawFd::as_raw_fd(&conn.client));
+    let upgraded = conn.run().await;
+    worker.open_sockets().borrow_mut().remove(slot);
+    match upgraded {
         Some(upstream) => {
             let idle = worker.active().snapshot.config.timeouts.tunnel_idle;
             relay::tunnel(conn.client, upstream, idle).await;

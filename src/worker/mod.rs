@@ -94,6 +94,42 @@ pub struct Tally {
 /// Rule or target index meaning "none".
 pub const NONE: u32 = u32::MAX;
 
+/// Raw fds of open client connections, in slots reused as connections come and go.
+#[derive(Default)]
+pub struct OpenSockets {
+    fds: Vec<Option<std::os::fd::RawFd>>,
+    free: Vec<usize>,
+}
+
+impl OpenSockets {
+    pub fn insert(&mut self, fd: std::os::fd::RawFd) -> usize {
+        match self.free.pop() {
+            Some(i) => {
+                self.fds[i] = Some(fd);
+                i
+            }
+            None => {
+                self.fds.push(Some(fd));
+                self.fds.len() - 1
+            }
+        }
+    }
+
+    pub fn remove(&mut self, slot: usize) {
+        self.fds[slot] = None;
+        self.free.push(slot);
+    }
+
+    /// Shut down every socket still open: a task waiting to read one wakes with end of
+    /// stream and closes it.
+    fn shutdown_all(&self) {
+        for fd in self.fds.iter().flatten() {
+            // SAFETY: the fd belongs to a live TcpStream (removed from here before it closes).
+            unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
+        }
+    }
+}
+
 /// State shared by the tasks of one worker (single-threaded: `Rc`, `Cell`, `RefCell`).
 pub struct Worker {
     pub id: usize,
@@ -108,6 +144,9 @@ pub struct Worker {
     /// Consecutive connect failures per target id, for passive health checks.
     failures: RefCell<HashMap<u64, u32>>,
     records_tx: Sender<TrafficRecord>,
+    /// Client sockets of open connections, to close the idle ones on shutdown (a
+    /// runtime that is dropped does not drop tasks waiting on I/O).
+    open: RefCell<OpenSockets>,
     /// Request ids: `<start time><worker>` then a counter, unique across restarts.
     id_prefix: String,
     next_id: Cell<u64>,
@@ -116,6 +155,10 @@ pub struct Worker {
 impl Worker {
     pub fn active(&self) -> Rc<Active> {
         self.active.borrow().clone()
+    }
+
+    pub fn open_sockets(&self) -> &RefCell<OpenSockets> {
+        &self.open
     }
 
     /// A new request id (24 hex digits).
@@ -330,6 +373,7 @@ async fn serve(start: Start, driver: &'static str) {
         unsent: RefCell::default(),
         failures: RefCell::default(),
         records_tx,
+        open: RefCell::default(),
         id_prefix: format!("{:08x}{:02x}", unix_secs() as u32, id as u8),
         next_id: Cell::new(0),
     });
@@ -370,6 +414,13 @@ async fn serve(start: Start, driver: &'static str) {
     // closed when the runtime drops their tasks.
     let deadline = Instant::now() + drain.get();
     while worker.stats.busy_requests.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // What is left is idle (or overdue): close it, and give the tasks a moment to end so
+    // that their sockets, pooled connections and record sender are dropped.
+    worker.open.borrow().shutdown_all();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while worker.stats.open_connections.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
     worker.report();

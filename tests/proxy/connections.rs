@@ -205,3 +205,13 @@ fn idle_tunnel_is_closed() {
     assert!(start.elapsed() < Duration::from_secs(5));
     assert_eq!(p.stats()[0].open_connections.get(), 0);
 }
+
+#[test]
+fn stopping_closes_idle_keep_alive_connections() {
+    let b = Backend::named("b");
+    let p = proxy(&config(&[b.addr], "round_robin", ""));
+    let mut c = Client::connect(p.local_addr());
+    assert_eq!(c.get("example.com", "/").status, 200);
+    p.shutdown(Duration::from_secs(1));
+    assert!(c.is_closed());
+}

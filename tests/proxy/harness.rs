@@ -131,11 +131,12 @@ impl Backend {
                 .unwrap_or("")
                 .to_string();
             let body = format!("{name}:{path}");
-            let _ = write!(
-                s,
+            // One write: split writes meet Nagle and delayed ACKs (40 ms stalls).
+            let response = format!(
                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Backend: {name}\r\n\r\n{body}",
                 body.len()
             );
+            let _ = s.write_all(response.as_bytes());
             Reply::KeepAlive
         }))
     }
@@ -340,13 +341,21 @@ impl Client {
         self.read_response(false)
     }
 
-    /// True when the server closed the connection (EOF with nothing pending).
+    /// True when the server closed the connection (EOF or reset, with nothing pending)
+    /// within the read timeout; false when data came or the wait timed out.
     pub fn is_closed(&mut self) -> bool {
         if !self.buf.is_empty() {
             return false;
         }
         let mut b = [0u8; 1];
-        matches!(self.stream.read(&mut b), Ok(0) | Err(_))
+        match self.stream.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
     }
 }
 
@@ -500,15 +509,11 @@ fn serve_while(mut s: TcpStream, name: &str, alive: &std::sync::atomic::AtomicBo
     while alive.load(Ordering::SeqCst) {
         if let Some(end) = find(&buf, b"\r\n\r\n") {
             buf.drain(..end + 4);
-            let body = name.as_bytes();
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Backend: {name}\r\n\r\n",
-                body.len()
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Backend: {name}\r\n\r\n{name}",
+                name.len()
             );
-            if s.write_all(head.as_bytes())
-                .and_then(|_| s.write_all(body))
-                .is_err()
-            {
+            if s.write_all(response.as_bytes()).is_err() {
                 return;
             }
             continue;
