@@ -79,10 +79,9 @@ fn json_field<'a>(line: &'a str, name: &str) -> &'a str {
         + name.len()
         + 3;
     let rest = &line[start..];
-    let end = if rest.starts_with('"') {
-        rest[1..].find('"').map_or(rest.len(), |i| i + 2)
-    } else {
-        rest.find([',', '}']).unwrap_or(rest.len())
+    let end = match rest.strip_prefix('"') {
+        Some(quoted) => quoted.find('"').map_or(rest.len(), |i| i + 2),
+        None => rest.find([',', '}']).unwrap_or(rest.len()),
     };
     rest[..end].trim_matches('"')
 }
