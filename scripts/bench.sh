@@ -8,6 +8,7 @@
 #   scripts/bench.sh                 # 3 rounds x 10 s, 50 connections
 #   ROUNDS=5 DURATION=15 CONNS=100 scripts/bench.sh
 #   SCENARIOS="dispa dispa-plain dispa-defer dispa-epoll nginx" scripts/bench.sh   # ring flags
+#   SCENARIOS="dispa dispa-norec nginx" scripts/bench.sh          # the cost of recording
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,15 +44,22 @@ http { access_log off; keepalive_requests 1000000;
 CONF
 taskset -c "$LOAD_CPU" nginx -c "$WORK/backend.conf" -e "$WORK/backend.err" & PIDS+=($!)
 
-# --- Dispa (and variants of it: dispa-epoll, dispa-plain, dispa-defer) ------------------------
+# --- Dispa (and variants of it: dispa-epoll, dispa-plain, dispa-defer, dispa-norec) ----------
+# Every variant records all traffic (gzip files + SQLite, under $WORK) except dispa-norec.
 declare -A DISPA_PIDS DISPA_PORTS
 dispa_extra() {
   case $1 in
-    dispa) echo "";;
+    dispa|dispa-norec) echo "";;
     dispa-epoll) echo 'io_driver = "legacy"';;
     dispa-plain) echo 'uring_flags = []';;
     dispa-defer) echo 'uring_flags = ["single_issuer", "defer_taskrun"]';;
     *) echo "unknown Dispa variant $1" >&2; exit 2;;
+  esac
+}
+dispa_logging() {
+  case $1 in
+    dispa-norec) printf '[logging]\nenabled = false\n';;
+    *) printf '[logging]\ntype = "both"\n[logging.file]\ndirectory = "%s"\n[logging.database]\npath = "%s"\n' "$WORK/$1-logs" "$WORK/$1.db";;
   esac
 }
 port=$DISPA_PORT
@@ -67,6 +75,10 @@ intercept_domains = ["example.com"]
 [[targets.targets]]
 name = "backend"
 url = "http://127.0.0.1:$BACKEND_PORT"
+[monitoring]
+health_bind = "127.0.0.1:$((port + 1))"
+metrics_bind = "127.0.0.1:$((port + 2))"
+$(dispa_logging "$s")
 CONF
   taskset -c "$PROXY_CPU" target/release/dispa -c "$WORK/$s.toml" 2>"$WORK/$s.log" & PIDS+=($!)
   DISPA_PIDS[$s]=$!; DISPA_PORTS[$s]=$port
@@ -143,6 +155,15 @@ for round in $(seq "$ROUNDS"); do
     cpu_us=$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN { if (t > 0) printf "%.2f", t / hz * 1e6 / n; else print "-" }')
     echo "$s $round $rps $p50 $p99 $cpu_us ${errs:-none}" | tee -a "$RESULTS" >&2
   done
+done
+
+# Records dropped by each recording Dispa (must be 0), from its metrics endpoint.
+for s in $SCENARIOS; do
+  case $s in dispa-norec|direct|nginx|haproxy) continue;; esac
+  port=${DISPA_PORTS[$s]}
+  dropped=$(curl -s "http://127.0.0.1:$((port + 2))/metrics" | awk '$1=="dispa_traffic_records_dropped_total" {print $2}')
+  written=$(curl -s "http://127.0.0.1:$((port + 2))/metrics" | awk '$1=="dispa_traffic_records_total{sink=\"database\"}" {print $2}')
+  echo "$s: traffic records dropped ${dropped:-?}, written to SQLite ${written:-?}" >&2
 done
 
 python3 - "$RESULTS" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" <<'PY'

@@ -93,6 +93,15 @@ impl RecordDraft {
         self.ends[field as usize] = self.text.len() as u32;
     }
 
+    /// Push bytes from the wire: as they are when they are UTF-8 (the usual case, no
+    /// copy), else with replacement characters.
+    fn push_bytes(&mut self, field: RecordText, value: &[u8]) {
+        match std::str::from_utf8(value) {
+            Ok(s) => self.push(field, s),
+            Err(_) => self.push(field, &String::from_utf8_lossy(value)),
+        }
+    }
+
     pub fn id(&self) -> &str {
         &self.text[..self.ends[RecordText::Id as usize] as usize]
     }
@@ -176,8 +185,8 @@ impl Conn {
                     // Recorded too, with what is known: no head could be read.
                     if self.worker.active().snapshot.config.logging.enabled {
                         let mut draft = self.new_draft(u8::MAX);
-                        let id = self.worker.next_request_id();
-                        draft.push(RecordText::Id, &id);
+                        self.worker.write_request_id(&mut draft.text);
+                        draft.ends[RecordText::Id as usize] = draft.text.len() as u32;
                         for f in [RecordText::Method, RecordText::Host, RecordText::Path] {
                             draft.push(f, "");
                         }
@@ -300,26 +309,26 @@ impl Conn {
         match field(data, &head.fields, b"x-request-id").and_then(usable_request_id) {
             Some(id) => draft.push(RecordText::Id, id),
             None => {
-                draft.push(RecordText::Id, &self.worker.next_request_id());
+                self.worker.write_request_id(&mut draft.text);
+                draft.ends[RecordText::Id as usize] = draft.text.len() as u32;
                 draft.generated_id = true;
             }
         }
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        draft.push(RecordText::Method, &text(head.method.of(data)));
+        draft.push_bytes(RecordText::Method, head.method.of(data));
         // The normalized host (what matching used), else the raw value.
         match host {
             Some(h) => draft.push(RecordText::Host, h),
-            None => draft.push(RecordText::Host, &text(head.host.of(data))),
+            None => draft.push_bytes(RecordText::Host, head.host.of(data)),
         }
         let target = head.path.of(data);
         let (path, query) = match target.iter().position(|&b| b == b'?') {
             Some(i) => (&target[..i], &target[i + 1..]),
             None => (target, &b""[..]),
         };
-        draft.push(RecordText::Path, &text(path));
-        draft.push(RecordText::Query, &text(query));
+        draft.push_bytes(RecordText::Path, path);
+        draft.push_bytes(RecordText::Query, query);
         let ua = field(data, &head.fields, b"user-agent").unwrap_or_default();
-        draft.push(RecordText::UserAgent, &text(ua));
+        draft.push_bytes(RecordText::UserAgent, ua);
         self.draft = Some(draft);
     }
 

@@ -161,11 +161,16 @@ impl Worker {
         &self.open
     }
 
-    /// A new request id (24 hex digits).
-    pub fn next_request_id(&self) -> String {
+    /// Append a new request id (24 hex digits) to `out`.
+    pub fn write_request_id(&self, out: &mut String) {
         let n = self.next_id.get();
         self.next_id.set(n + 1);
-        format!("{}{:014x}", self.id_prefix, n & 0xff_ffff_ffff_ffff)
+        out.push_str(&self.id_prefix);
+        for shift in (0..14).rev() {
+            out.push(char::from(
+                b"0123456789abcdef"[(n >> (shift * 4)) as usize & 15],
+            ));
+        }
     }
 
     /// Hand a record to the logging thread; a full channel drops it (counted).
