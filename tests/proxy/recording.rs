@@ -362,3 +362,39 @@ fn sustained_load_drops_no_record() {
     assert_eq!(stats.written_database.get(), n);
     assert_eq!(db_count(&dir.join("traffic.db")) as u64, n);
 }
+
+#[test]
+fn recording_settings_apply_on_reload_without_losing_records() {
+    let b = Backend::named("b");
+    let (first, second) = (scratch_dir("rec-reload-a"), scratch_dir("rec-reload-b"));
+    let base = config(
+        &[b.addr],
+        "round_robin",
+        &format!("{MONITORING}{}", logging_section(&first)),
+    );
+    let d = controlled(&base);
+    let mut c = Client::connect(d.proxy);
+    for i in 0..10 {
+        assert_eq!(c.get("example.com", &format!("/before/{i}")).status, 200);
+    }
+    // Files only, into another directory.
+    let next = config(
+        &[b.addr],
+        "round_robin",
+        &format!("{MONITORING}{}", logging_section(&second)),
+    )
+    .replace("type = \"both\"", "type = \"file\"");
+    std::fs::write(&d.path, next).unwrap();
+    assert_eq!(call(d.status, "POST", "/reload").status, 200);
+    for i in 0..10 {
+        assert_eq!(c.get("example.com", &format!("/after/{i}")).status, 200);
+    }
+    drop(c);
+    drop(d); // a clean stop
+    assert_eq!(gz_lines(&first.join("logs")).len(), 10);
+    assert_eq!(db_count(&first.join("traffic.db")), 10);
+    let after = gz_lines(&second.join("logs"));
+    assert_eq!(after.len(), 10);
+    assert!(after.iter().all(|l| l.contains("\"path\":\"/after/")));
+    assert!(!second.join("traffic.db").exists());
+}
