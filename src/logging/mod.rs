@@ -282,3 +282,94 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+    use crate::config::{DatabaseSink, FileSink, Rotation};
+    use crate::msg::RecordText;
+
+    fn record(i: u64) -> TrafficRecord {
+        let mut text = String::new();
+        let mut ends = [0u32; RecordText::COUNT];
+        for (k, v) in [
+            "6b07c3740000000000000003",
+            "GET",
+            "example.com",
+            "/api/v1/items",
+            "page=2",
+            "curl/7.88.1",
+            "backend1",
+        ]
+        .iter()
+        .enumerate()
+        {
+            text.push_str(v);
+            ends[k] = text.len() as u32;
+        }
+        TrafficRecord {
+            start_ms: 1_795_670_066_712 + i,
+            client: "127.0.0.1".parse().unwrap(),
+            worker: 0,
+            version_minor: 1,
+            status: 200,
+            request_bytes: 0,
+            response_bytes: 5,
+            duration_us: 150 + i % 100,
+            upstream_us: Some(90),
+            target_addr: Some("127.0.0.1:3000".parse().unwrap()),
+            reused: Some(true),
+            retries: 0,
+            error: None,
+            text,
+            ends,
+        }
+    }
+
+    /// Not a test: `cargo test --release --lib sink_cost -- --ignored --nocapture` prints
+    /// the CPU time per record of each sink.
+    #[test]
+    #[ignore]
+    fn sink_cost() {
+        let dir = std::env::temp_dir().join(format!("dispa-sink-cost-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let records: Vec<TrafficRecord> = (0..1024).map(record).collect();
+        let rounds = 50;
+        let mut file = file::FileSink::new(FileSink {
+            directory: dir.join("logs"),
+            max_file_size: 1 << 40,
+            rotation: Rotation::Never,
+            retention_days: 0,
+            max_total_size: 0,
+        });
+        let t = Instant::now();
+        for _ in 0..rounds {
+            file.write(&records, SystemTime::now()).unwrap();
+        }
+        let per = t.elapsed() / (rounds * records.len() as u32);
+        println!("file sink: {per:?} per record");
+        let mut db = sqlite::SqliteSink::new(DatabaseSink {
+            path: dir.join("t.db"),
+            retention_days: 0,
+        });
+        let t = Instant::now();
+        for _ in 0..rounds {
+            db.write(&records).unwrap();
+        }
+        let per = t.elapsed() / (rounds * records.len() as u32);
+        println!("sqlite sink: {per:?} per record");
+        let mut s = String::new();
+        let t = Instant::now();
+        for _ in 0..rounds {
+            s.clear();
+            for r in &records {
+                record::json_line(&mut s, r);
+            }
+        }
+        println!(
+            "json only: {:?} per record",
+            t.elapsed() / (rounds * records.len() as u32)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -63,6 +63,8 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // WAL + NORMAL: a batch survives a process crash; only an OS crash may lose the last.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // Index pages stay in memory between batches.
+    conn.pragma_update(None, "cache_size", -32_000)?;
     migrate(&mut conn)?;
     Ok(conn)
 }
