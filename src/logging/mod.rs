@@ -130,6 +130,42 @@ impl Failing {
     }
 }
 
+/// One sink's counters, for [`SinkCounters::write`].
+struct SinkCounters<'a> {
+    name: &'static str,
+    written: &'a Counter,
+    lost: &'a Counter,
+    errors: &'a Counter,
+}
+
+impl SinkCounters<'_> {
+    /// Write `n` records with `write` unless the sink is resting after a failure; count
+    /// the outcome either way.
+    fn write(
+        &self,
+        failing: &mut Failing,
+        n: u64,
+        now: Instant,
+        write: impl FnOnce() -> Result<(), String>,
+    ) {
+        if failing.resting(now) {
+            self.lost.add(n);
+            return;
+        }
+        match write() {
+            Ok(()) => {
+                self.written.add(n);
+                failing.recovered(self.name);
+            }
+            Err(e) => {
+                self.errors.inc();
+                self.lost.add(n);
+                failing.note(self.name, &e, now);
+            }
+        }
+    }
+}
+
 struct Writer {
     settings: Logging,
     file: file::FileSink,
@@ -222,41 +258,40 @@ impl Writer {
         let now = Instant::now();
         let n = self.batch.len() as u64;
         let sinks = self.settings.sinks;
+        let stats = &*self.stats;
         if sinks.file() {
-            if self.file_failing.resting(now) {
-                self.stats.lost_file.add(n);
-            } else {
-                match self.file.write(&self.batch, SystemTime::now()) {
-                    Ok(()) => {
-                        self.stats.written_file.add(n);
-                        self.file_failing.recovered("file");
-                    }
+            let (file, batch) = (&mut self.file, &self.batch);
+            let sink = SinkCounters {
+                name: "file",
+                written: &stats.written_file,
+                lost: &stats.lost_file,
+                errors: &stats.errors_file,
+            };
+            sink.write(&mut self.file_failing, n, now, || {
+                match file.write(batch, SystemTime::now()) {
+                    Ok(()) => Ok(()),
                     Err(e) => {
-                        self.file.reset();
-                        self.stats.errors_file.inc();
-                        self.stats.lost_file.add(n);
-                        self.file_failing.note("file", &e, now);
+                        file.reset();
+                        Err(e.to_string())
                     }
                 }
-            }
+            });
         }
         if sinks.database() {
-            if self.db_failing.resting(now) {
-                self.stats.lost_database.add(n);
-            } else {
-                match self.db.write(&self.batch) {
-                    Ok(()) => {
-                        self.stats.written_database.add(n);
-                        self.db_failing.recovered("database");
-                    }
-                    Err(e) => {
-                        self.db.reset();
-                        self.stats.errors_database.inc();
-                        self.stats.lost_database.add(n);
-                        self.db_failing.note("database", &e, now);
-                    }
+            let (db, batch) = (&mut self.db, &self.batch);
+            let sink = SinkCounters {
+                name: "database",
+                written: &stats.written_database,
+                lost: &stats.lost_database,
+                errors: &stats.errors_database,
+            };
+            sink.write(&mut self.db_failing, n, now, || match db.write(batch) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    db.reset();
+                    Err(e.to_string())
                 }
-            }
+            });
         }
         self.stats.batches.inc();
         self.batch.clear();

@@ -62,6 +62,14 @@ fn json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// `,"key":value`, or `,"key":null`.
+fn json_opt(out: &mut String, key: &str, value: Option<impl std::fmt::Display>) {
+    let _ = match value {
+        Some(v) => write!(out, ",\"{key}\":{v}"),
+        None => write!(out, ",\"{key}\":null"),
+    };
+}
+
 /// Append `r` as one JSON object and a newline.
 pub fn json_line(out: &mut String, r: &TrafficRecord) {
     use RecordText::*;
@@ -102,18 +110,8 @@ pub fn json_line(out: &mut String, r: &TrafficRecord) {
         None => out.push_str(",\"target_addr\":\"\""),
     }
     let _ = write!(out, ",\"duration_us\":{}", r.duration_us);
-    match r.upstream_us {
-        Some(u) => {
-            let _ = write!(out, ",\"upstream_us\":{u}");
-        }
-        None => out.push_str(",\"upstream_us\":null"),
-    }
-    match r.reused {
-        Some(b) => {
-            let _ = write!(out, ",\"upstream_reused\":{b}");
-        }
-        None => out.push_str(",\"upstream_reused\":null"),
-    }
+    json_opt(out, "upstream_us", r.upstream_us);
+    json_opt(out, "upstream_reused", r.reused);
     let _ = write!(out, ",\"retries\":{},\"error\":", r.retries);
     match r.error {
         Some(e) => json_str(out, e),
