@@ -37,8 +37,8 @@ enum Command {
     Check,
     /// Run Dispa with two built-in backends on loopback (no config file needed).
     Demo {
-        /// Port for the proxy on 127.0.0.1 (the status API and metrics use the next two,
-        /// or free ports when this is 0).
+        /// Port for the proxy on 127.0.0.1 (status API and metrics: 8081 and 9090 with the
+        /// default 8080, else the next two ports, or free ports when this is 0).
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
