@@ -80,6 +80,19 @@ pub struct Book {
 }
 
 impl Book {
+    /// Apply new check settings: with active checks off nothing stays down on their
+    /// verdict; a shorter interval brings the next probe forward.
+    pub fn configure(&mut self, cfg: &HealthCheck, now: Instant) {
+        for e in self.entries.values_mut() {
+            if !cfg.enabled {
+                e.healthy = true;
+                e.ok_streak = 0;
+                e.fail_streak = 0;
+            }
+            e.next_probe = e.next_probe.min(now + cfg.interval);
+        }
+    }
+
     /// Keep entries for exactly `keys` (new targets start healthy).
     pub fn retain(&mut self, keys: &[Key], now: Instant) {
         let mut next = HashMap::new();

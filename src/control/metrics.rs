@@ -118,7 +118,6 @@ pub fn render(state: &State) -> String {
         stats.iter().map(|s| f(s)).sum::<u64>() as f64
     };
     let snap = state.running.snapshot();
-    let now = std::time::Instant::now();
     let mut fams = Vec::new();
 
     let mut requests: Vec<_> = t.requests.iter().collect();
@@ -163,8 +162,11 @@ pub fn render(state: &State) -> String {
         .targets
         .iter()
         .map(|tg| {
-            let up = state.health.available(&tg.name, tg.addr, now);
-            sample(&[("target", &tg.name)], GAUGE, f64::from(u8::from(up)))
+            sample(
+                &[("target", &tg.name)],
+                GAUGE,
+                f64::from(u8::from(tg.available)),
+            )
         })
         .collect();
     fams.push(family(

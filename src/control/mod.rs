@@ -126,6 +126,7 @@ impl State {
             .map(|t| (t.name.clone(), t.addr))
             .collect();
         self.health.retain(&keys, now);
+        self.health.configure(&config.targets.health_check, now);
         let health = &self.health;
         let snap = self
             .running

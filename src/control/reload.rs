@@ -52,6 +52,9 @@ pub fn load(path: &Path, running: &Config) -> Result<(Config, Vec<String>), Vec<
         "monitoring.metrics_bind",
         om.metrics_bind != nm.metrics_bind,
     );
+    let queue_changed = running.logging.queue_size != next.logging.queue_size;
+    differs("logging.queue_size", queue_changed);
+    next.logging.queue_size = running.logging.queue_size;
     let shutdown_timeout = next.server.shutdown_timeout;
     next.server = running.server.clone();
     next.server.shutdown_timeout = shutdown_timeout;

@@ -75,11 +75,6 @@ impl FileSink {
         }
     }
 
-    /// Forget the open file after an error, so that the next batch starts afresh.
-    pub fn reset(&mut self) {
-        self.current = None;
-    }
-
     fn open(&mut self, now: u64) -> io::Result<Current> {
         fs::create_dir_all(&self.settings.directory)?;
         loop {
@@ -131,7 +126,14 @@ impl FileSink {
             return Ok(());
         };
         // One write per batch: a kill between batches leaves only complete members.
-        c.file.write_all(&self.packed)?;
+        if let Err(e) = c.file.write_all(&self.packed) {
+            // A partial member (disk full) is cut off again, so the file stays valid and
+            // the next batch continues it; only a file that cannot be fixed is dropped.
+            if c.file.set_len(c.written).is_err() {
+                self.current = None;
+            }
+            return Err(e);
+        }
         c.written += self.packed.len() as u64;
         Ok(())
     }
@@ -145,7 +147,8 @@ impl FileSink {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            let meta = entry.metadata()?;
+            // A file may vanish between listing and looking at it.
+            let Ok(meta) = entry.metadata() else { continue };
             if !meta.is_file() || !is_ours(name) {
                 continue;
             }
@@ -156,7 +159,10 @@ impl FileSink {
             {
                 continue;
             }
-            ours.push((meta.modified()?, meta.len(), entry.path()));
+            let Ok(modified) = meta.modified() else {
+                continue;
+            };
+            ours.push((modified, meta.len(), entry.path()));
         }
         ours.sort();
         let mut deleted = 0;

@@ -34,6 +34,7 @@ pub struct LoggingStats {
 
 /// How often retention runs, and how long a failed sink rests before it is tried again.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
+const RETENTION_AGAIN: Duration = Duration::from_secs(1);
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How long the logging thread sleeps between looks at its queue.
 const POLL: Duration = Duration::from_millis(5);
@@ -78,8 +79,16 @@ impl Logger {
     }
 
     /// New recording settings: what is batched so far is written first, with the old ones.
+    /// Never waits (it is called from the control thread): if the logging thread has
+    /// not taken the previous settings yet, these are not applied, and that is logged.
     pub fn reconfigure(&self, settings: Logging) {
-        let _ = self.control_tx.send(Control::Settings(settings));
+        if self
+            .control_tx
+            .try_send(Control::Settings(settings))
+            .is_err()
+        {
+            tracing::warn!("logging thread busy: new recording settings not applied; reload again");
+        }
     }
 
     /// Write every record queued so far, then end the thread. Call after the workers have
@@ -204,6 +213,7 @@ impl Writer {
                         self.drain(&records_rx);
                         self.flush();
                         self.apply(settings);
+                        deadline = Instant::now() + self.settings.flush_interval;
                     }
                     Control::Finish => finish = true,
                 }
@@ -218,8 +228,14 @@ impl Writer {
                 deadline = now + self.settings.flush_interval;
             }
             if now >= next_retention {
-                self.retention();
-                next_retention = now + RETENTION_EVERY;
+                // Rows left over (more than a pass deletes): come back soon, not in a minute.
+                let behind = self.retention();
+                next_retention = now
+                    + if behind {
+                        RETENTION_AGAIN
+                    } else {
+                        RETENTION_EVERY
+                    };
             }
         }
         self.flush();
@@ -268,13 +284,8 @@ impl Writer {
                 errors: &stats.errors_file,
             };
             sink.write(&mut self.file_failing, n, now, || {
-                match file.write(batch, SystemTime::now()) {
-                    Ok(()) => Ok(()),
-                    Err(e) => {
-                        file.reset();
-                        Err(e.to_string())
-                    }
-                }
+                file.write(batch, SystemTime::now())
+                    .map_err(|e| e.to_string())
             });
         }
         if sinks.database() {
@@ -297,9 +308,10 @@ impl Writer {
         self.batch.clear();
     }
 
-    fn retention(&mut self) {
+    /// Apply retention to both sinks; returns whether old rows are still left.
+    fn retention(&mut self) -> bool {
         if !self.settings.enabled {
-            return;
+            return false;
         }
         let now = SystemTime::now();
         if self.settings.sinks.file()
@@ -308,12 +320,16 @@ impl Writer {
         {
             tracing::warn!("traffic file retention: {e}");
         }
-        if self.settings.sinks.database()
-            && !self.db_failing.resting(Instant::now())
-            && let Err(e) = self.db.retain(now)
-        {
-            self.db.reset();
-            tracing::warn!("traffic database retention: {e}");
+        if !self.settings.sinks.database() || self.db_failing.resting(Instant::now()) {
+            return false;
+        }
+        match self.db.retain(now) {
+            Ok(behind) => behind,
+            Err(e) => {
+                self.db.reset();
+                tracing::warn!("traffic database retention: {e}");
+                false
+            }
         }
     }
 }

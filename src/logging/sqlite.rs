@@ -160,10 +160,11 @@ impl SqliteSink {
         tx.commit()
     }
 
-    /// Delete rows older than `retention_days`, a chunk at a time; returns rows deleted.
-    pub fn retain(&mut self, now: SystemTime) -> rusqlite::Result<usize> {
+    /// Delete rows older than `retention_days`, a chunk at a time; returns whether a
+    /// full pass was not enough (call again soon).
+    pub fn retain(&mut self, now: SystemTime) -> rusqlite::Result<bool> {
         if self.settings.retention_days == 0 {
-            return Ok(0);
+            return Ok(false);
         }
         let max_age = Duration::from_secs(u64::from(self.settings.retention_days) * 86_400);
         let cutoff = now
@@ -171,18 +172,16 @@ impl SqliteSink {
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_millis() as i64);
         let conn = self.conn()?;
-        let mut deleted = 0;
         for _ in 0..RETENTION_CHUNKS_PER_PASS {
             let n = conn.execute(
                 "DELETE FROM requests WHERE rowid IN \
                  (SELECT rowid FROM requests WHERE ts_ms < ?1 ORDER BY ts_ms LIMIT ?2)",
                 params![cutoff, RETENTION_CHUNK as i64],
             )?;
-            deleted += n;
             if n < RETENTION_CHUNK {
-                break;
+                return Ok(false);
             }
         }
-        Ok(deleted)
+        Ok(true)
     }
 }

@@ -152,7 +152,6 @@ pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
         .borrow_mut()
         .insert(std::os::fd::AsRawFd::as_raw_fd(&conn.client));
     let upgraded = conn.run().await;
-    worker.open_sockets().borrow_mut().remove(slot);
     match upgraded {
         Some(upstream) => {
             let idle = worker.active().snapshot.config.timeouts.tunnel_idle;
@@ -161,6 +160,8 @@ pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
         None if conn.linger => conn.lingering_close().await,
         None => {}
     }
+    // Kept until here so that a shutdown also ends tunnels and lingering closes.
+    worker.open_sockets().borrow_mut().remove(slot);
     worker.stats.open_connections.dec();
 }
 
@@ -173,6 +174,8 @@ impl Conn {
                 Ok(head) => head,
                 Err(NoHead::Quiet) => return None,
                 Err(NoHead::Reply(status, why)) => {
+                    // Nothing of the previous request on this connection may leak in.
+                    self.outcome = Outcome::default();
                     let stats = &self.worker.stats;
                     stats.requests.inc();
                     match status {
@@ -181,7 +184,9 @@ impl Conn {
                         _ => stats.rejected_bad_request.inc(),
                     }
                     let _ = self.reply(status, why, true).await;
-                    self.worker.record(NONE, NONE, status, Duration::ZERO, None);
+                    let active = self.worker.active();
+                    self.worker
+                        .record(&active, NONE, NONE, status, Duration::ZERO, None);
                     // Recorded too, with what is known: no head could be read.
                     if self.worker.active().snapshot.config.logging.enabled {
                         let mut draft = self.new_draft(u8::MAX);
@@ -286,8 +291,14 @@ impl Conn {
         };
         let o = self.outcome;
         let total = start.elapsed();
-        self.worker
-            .record(rule.unwrap_or(NONE), o.target, o.status, total, o.upstream);
+        self.worker.record(
+            active,
+            rule.unwrap_or(NONE),
+            o.target,
+            o.status,
+            total,
+            o.upstream,
+        );
         self.finish_record(active, total);
         next
     }

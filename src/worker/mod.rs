@@ -87,8 +87,31 @@ impl Active {
 #[derive(Default)]
 pub struct Tally {
     requests: HashMap<(u32, u32, u8), u64>,
+    /// Requests that finished on an older snapshot than the worker's current one,
+    /// labelled already (their indices would mean other names in the current one).
+    labelled: Vec<(String, String, u8, u64)>,
     duration: Histogram,
     upstream_duration: Histogram,
+}
+
+/// The domain rule and target name that indices of `snapshot` stand for ("" for none).
+fn labels(snapshot: &Snapshot, rule: u32, target: u32) -> (String, String) {
+    let domain = snapshot.routes.rules().get(rule as usize).cloned();
+    let target = snapshot
+        .targets
+        .get(target as usize)
+        .map(|t| t.name.clone());
+    (domain.unwrap_or_default(), target.unwrap_or_default())
+}
+
+/// Idle upstream connections kept per target (none when upstream keep-alive is off).
+fn max_idle(snapshot: &Snapshot) -> usize {
+    let upstream = &snapshot.config.upstream;
+    if upstream.keepalive {
+        upstream.max_idle_per_target
+    } else {
+        0
+    }
 }
 
 /// Rule or target index meaning "none".
@@ -184,6 +207,7 @@ impl Worker {
     /// (or [`NONE`]); `upstream` is the time from sending the request to the response head.
     pub fn record(
         &self,
+        active: &Active,
         rule: u32,
         target: u32,
         status: u16,
@@ -192,9 +216,13 @@ impl Worker {
     ) {
         self.stats.response(status);
         let mut t = self.tally.borrow_mut();
-        *t.requests
-            .entry((rule, target, (status / 100) as u8))
-            .or_default() += 1;
+        let class = (status / 100) as u8;
+        if active.snapshot.generation == self.stats.generation.get() {
+            *t.requests.entry((rule, target, class)).or_default() += 1;
+        } else {
+            let (domain, target) = labels(&active.snapshot, rule, target);
+            t.labelled.push((domain, target, class, 1));
+        }
         t.duration.observe(total.as_secs_f64());
         if let Some(u) = upstream {
             t.upstream_duration.observe(u.as_secs_f64());
@@ -231,21 +259,11 @@ impl Worker {
                 ..StatsReport::default()
             });
         let active = self.active();
-        let snap = &active.snapshot;
         for ((rule, target, class), n) in tally.requests {
-            let domain = snap
-                .routes
-                .rules()
-                .get(rule as usize)
-                .cloned()
-                .unwrap_or_default();
-            let target = snap
-                .targets
-                .get(target as usize)
-                .map(|t| t.name.clone())
-                .unwrap_or_default();
+            let (domain, target) = labels(&active.snapshot, rule, target);
             report.requests.push((domain, target, class, n));
         }
+        report.requests.extend(tally.labelled);
         report.duration.merge(&tally.duration);
         report.upstream_duration.merge(&tally.upstream_duration);
         if report.requests.is_empty() && report.duration.count() == 0 {
@@ -268,6 +286,8 @@ impl Worker {
         self.report();
         self.pool
             .retain_targets(snapshot.targets.iter().map(|t| t.id));
+        self.pool
+            .configure(max_idle(&snapshot), snapshot.config.timeouts.upstream_idle);
         let generation = snapshot.generation;
         let next = self.active().succeed(snapshot, self.id);
         *self.active.borrow_mut() = Rc::new(next);
@@ -362,14 +382,9 @@ async fn serve(start: Start, driver: &'static str) {
             return;
         }
     };
-    let cfg = &snapshot.config;
-    let max_idle = match cfg.upstream.keepalive {
-        true => cfg.upstream.max_idle_per_target,
-        false => 0,
-    };
     let worker = Rc::new(Worker {
         id,
-        pool: Pool::new(max_idle, cfg.timeouts.upstream_idle),
+        pool: Pool::new(max_idle(&snapshot), snapshot.config.timeouts.upstream_idle),
         active: RefCell::new(Rc::new(Active::new(snapshot.clone(), id))),
         stats,
         stopping: Cell::new(false),
@@ -386,7 +401,6 @@ async fn serve(start: Start, driver: &'static str) {
         .pool
         .retain_targets(snapshot.targets.iter().map(|t| t.id));
     worker.stats.generation.set(snapshot.generation);
-    let max_connections = cfg.limits.max_connections as u64;
     let _ = ready_tx.send(WorkerReady::Up { id, driver });
     drop(ready_tx);
 
@@ -399,7 +413,8 @@ async fn serve(start: Start, driver: &'static str) {
         match listener.cancelable_accept(accept_cancel.clone()).await {
             Ok((stream, peer)) => {
                 worker.stats.accepted.inc();
-                if worker.stats.open_connections.get() >= max_connections {
+                let max_connections = worker.active().snapshot.config.limits.max_connections;
+                if worker.stats.open_connections.get() >= max_connections as u64 {
                     continue; // dropped: closed at once, like a full backlog
                 }
                 // Counted here, not in the task, so that a burst of accepts sees it.

@@ -3,7 +3,7 @@
 //! connections stay warm and the rest age out; a connection is handed out only if it has
 //! no unread bytes and was not closed by the target.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -17,17 +17,23 @@ struct Idle {
 
 pub struct Pool {
     idle: RefCell<HashMap<u64, Vec<Idle>>>,
-    max_idle: usize,
-    idle_timeout: Duration,
+    max_idle: Cell<usize>,
+    idle_timeout: Cell<Duration>,
 }
 
 impl Pool {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
         Pool {
             idle: RefCell::new(HashMap::new()),
-            max_idle,
-            idle_timeout,
+            max_idle: Cell::new(max_idle),
+            idle_timeout: Cell::new(idle_timeout),
         }
+    }
+
+    /// New limits (on reload); they apply from the next put, take and eviction.
+    pub fn configure(&self, max_idle: usize, idle_timeout: Duration) {
+        self.max_idle.set(max_idle);
+        self.idle_timeout.set(idle_timeout);
     }
 
     /// The freshest usable idle connection to target `id`, if any.
@@ -35,7 +41,7 @@ impl Pool {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&id)?;
         while let Some(c) = list.pop() {
-            if c.since.elapsed() < self.idle_timeout && is_clean(&c.stream) {
+            if c.since.elapsed() < self.idle_timeout.get() && is_clean(&c.stream) {
                 return Some(c.stream);
             }
         }
@@ -47,7 +53,7 @@ impl Pool {
     pub fn put(&self, id: u64, stream: TcpStream) {
         let mut idle = self.idle.borrow_mut();
         if let Some(list) = idle.get_mut(&id)
-            && list.len() < self.max_idle
+            && list.len() < self.max_idle.get()
         {
             list.push(Idle {
                 stream,
@@ -70,8 +76,9 @@ impl Pool {
     /// Close connections idle for longer than the idle timeout.
     pub fn evict_expired(&self) {
         let now = Instant::now();
+        let limit = self.idle_timeout.get();
         for list in self.idle.borrow_mut().values_mut() {
-            list.retain(|c| now.duration_since(c.since) < self.idle_timeout);
+            list.retain(|c| now.duration_since(c.since) < limit);
         }
     }
 

@@ -398,3 +398,24 @@ fn recording_settings_apply_on_reload_without_losing_records() {
     assert!(after.iter().all(|l| l.contains("\"path\":\"/after/")));
     assert!(!second.join("traffic.db").exists());
 }
+
+#[test]
+fn a_malformed_request_after_a_good_one_is_recorded_on_its_own() {
+    let b = Backend::named("b");
+    let dir = scratch_dir("rec-bad");
+    let p = proxy(&recording_config(&[b.addr], &dir, ""));
+    let mut c = Client::connect(p.local_addr());
+    assert_eq!(c.get("example.com", "/good").status, 200);
+    c.send(
+        b"GET /bad HTTP/1.1\r\nHost: example.com\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    );
+    assert_eq!(c.read_response(false).status, 400);
+    drop(p);
+    let lines = gz_lines(&dir.join("logs"));
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    let bad = &lines[1];
+    assert_eq!(json_field(bad, "status"), "400");
+    assert_eq!(json_field(bad, "target"), "");
+    assert_eq!(json_field(bad, "upstream_us"), "null");
+    assert_eq!(json_field(bad, "error"), "bad_request");
+}
