@@ -20,31 +20,27 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// `2026-11-26T05:21:07.123Z`.
-pub fn rfc3339_ms(unix_ms: u64) -> String {
-    let secs = (unix_ms / 1000) as i64;
+/// Unix seconds → (year, month, day, hour, minute, second), UTC.
+fn utc(unix_secs: u64) -> (i64, u32, u32, i64, i64, i64) {
+    let secs = unix_secs as i64;
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
+    (y, mo, d, rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+/// `2026-11-26T05:21:07.123Z`.
+pub fn rfc3339_ms(unix_ms: u64) -> String {
+    let (y, mo, d, h, mi, s) = utc(unix_ms / 1000);
     format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
+        "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
         unix_ms % 1000
     )
 }
 
 /// `20261126T052107Z`, for file names that sort by time.
 pub fn compact_utc(unix_secs: u64) -> String {
-    let secs = unix_secs as i64;
-    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
-    let rem = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}{mo:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    let (y, mo, d, h, mi, s) = utc(unix_secs);
+    format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
 }
 
 fn json_str(out: &mut String, s: &str) {
