@@ -157,8 +157,36 @@ impl Drop for Running {
     }
 }
 
+/// Raise the soft limit on open files to the hard limit (as HAProxy does by itself):
+/// every client and upstream connection is a file, and the usual soft limit of 1024 is far
+/// below what one worker holds at high concurrency. Returns the limit now in force.
+fn raise_open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct for this process.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
 /// Start the workers for `config`. `workers` overrides `server.workers` when given.
 pub fn start(config: Config, workers: Option<usize>) -> Result<Running, Error> {
+    let open_files = raise_open_files_limit();
+    tracing::debug!(open_files, "open files limit");
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let count = match workers.unwrap_or(config.server.workers) {
         0 => cores.len().max(1),

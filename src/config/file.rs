@@ -484,7 +484,7 @@ fn upstream(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Upstream {
     let mut s = s.unwrap_or_else(|| Section::empty("upstream"));
     let u = Upstream {
         keepalive: s.bool("keepalive", true, errors),
-        max_idle_per_target: s.uint("max_idle_per_target", 64, 0, 100_000, errors) as usize,
+        max_idle_per_target: s.uint("max_idle_per_target", 1024, 0, 100_000, errors) as usize,
         max_tries: s.uint("max_tries", 3, 1, 100, errors) as u32,
     };
     s.finish(errors);
