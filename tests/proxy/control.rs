@@ -536,3 +536,71 @@ fn sighup_reloads_the_config_file() {
         Some(0)
     );
 }
+
+#[test]
+fn probes_of_a_hanging_target_never_pile_up() {
+    // Accepts and never answers: every probe times out.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hang = l.local_addr().unwrap();
+    let open = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (o, m) = (open.clone(), most.clone());
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let now = o.fetch_add(1, Ordering::SeqCst) + 1;
+            m.fetch_max(now, Ordering::SeqCst);
+            let o = o.clone();
+            std::thread::spawn(move || {
+                let mut s = s;
+                let _ = std::io::Read::read_to_end(&mut s, &mut Vec::new());
+                o.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let b = Backend::named("b");
+    let checks = "[targets.health_check]\ninterval = \"50ms\"\ntimeout = \"400ms\"\nunhealthy_threshold = 1\nmax_fails = 0\n";
+    let d = controlled(&config(
+        &[hang, b.addr],
+        "round_robin",
+        &format!("{checks}{MONITORING}"),
+    ));
+    assert!(eventually(Duration::from_secs(3), || !available(&d, "b0")));
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        1,
+        "probes stacked up on a hanging target"
+    );
+    assert!(available(&d, "b1"));
+}
+
+#[test]
+fn health_and_drains_survive_a_reload_for_targets_that_stay() {
+    let (a, b) = (Backend::named("a"), Backend::named("b"));
+    let toml = config(
+        &[a.addr, b.addr],
+        "round_robin",
+        &format!("{NO_CHECKS}{MONITORING}"),
+    );
+    let d = controlled(&toml);
+    assert_eq!(call(d.status, "POST", "/targets/b0/drain").status, 200);
+    // Reweight both: the targets stay (same names and addresses).
+    let reweighted = toml.replace(
+        &format!("url = \"http://{}\"\n", b.addr),
+        &format!("url = \"http://{}\"\nweight = 5\n", b.addr),
+    );
+    assert_ne!(reweighted, toml);
+    std::fs::write(&d.path, reweighted).unwrap();
+    assert_eq!(call(d.status, "POST", "/reload").status, 200);
+    let b0 = target_json(&d, "b0");
+    assert!(
+        b0.contains("\"drained\":true") && b0.contains("\"available\":false"),
+        "{b0}"
+    );
+    assert!(b0.contains("drained by operator"), "{b0}");
+    assert!(target_json(&d, "b1").contains("\"weight\":5"));
+    let mut c = Client::connect(d.proxy);
+    for _ in 0..4 {
+        assert_eq!(backend_of(&c.get("example.com", "/")), "b");
+    }
+}
