@@ -17,9 +17,6 @@ use crate::logging::{Logger, LoggingStats};
 use crate::msg::{WorkerEvent, WorkerMsg, WorkerReady};
 use crate::worker::{self, WorkerStats};
 
-/// How long in-flight requests may take to finish on shutdown.
-pub const DRAIN: Duration = Duration::from_secs(10);
-
 #[derive(Debug)]
 pub enum Error {
     /// The listen address is taken (by anything, including another Dispa) or not ours.

@@ -278,7 +278,7 @@ fn targets(s: &State) -> String {
         if i > 0 {
             body.push(',');
         }
-        let requests: u64 = s.totals_for_target(&t.name);
+        let requests: u64 = s.totals.for_target(&t.name);
         let e = s.health.get(&(t.name.clone(), t.addr));
         let mut o = Object::new(&mut body);
         o.str("name", &t.name)

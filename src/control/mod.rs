@@ -201,10 +201,6 @@ impl State {
             .unwrap_or(0)
     }
 
-    fn totals_for_target(&self, name: &str) -> u64 {
-        self.totals.for_target(name)
-    }
-
     /// The target of the current snapshot with this id, as a health key.
     fn key_of(&self, id: u64) -> Option<health::Key> {
         let snap = self.running.snapshot();

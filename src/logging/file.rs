@@ -4,7 +4,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flate2::Compression;
@@ -61,10 +61,6 @@ impl FileSink {
             lines: String::new(),
             packed: Vec::new(),
         }
-    }
-
-    pub fn settings(&self) -> &Settings {
-        &self.settings
     }
 
     /// Close the current file (the next batch opens one with the new settings).
@@ -190,9 +186,5 @@ impl FileSink {
             }
         }
         Ok(deleted)
-    }
-
-    pub fn current_path(&self) -> Option<&Path> {
-        self.current.as_ref().map(|c| c.path.as_path())
     }
 }

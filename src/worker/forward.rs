@@ -12,7 +12,7 @@ use super::buf::write_vec;
 use super::conn::Conn;
 use super::relay::{self, Pace, ReadFailure, RelayError};
 use crate::balance::Candidates;
-use crate::config::TargetSpec;
+use crate::config::{Config, TargetSpec};
 use crate::http::encode::{self, ClientFraming, Forward};
 use crate::http::parse::{field, parse_response};
 use crate::http::{Body, RequestHead, ResponseHead, canned};
@@ -134,7 +134,7 @@ pub async fn exchange(conn: &mut Conn, active: &Active, head: RequestHead) -> Ne
     let mut retried = false;
     let sent_at = Instant::now();
     let (response, expect_refused) = loop {
-        match send_request(conn, &mut up, &head, target, body_sent).await {
+        match send_request(conn, cfg, &mut up, &head, target, body_sent).await {
             Ok(r) => break r,
             Err(Failure::Stale) if up.reused && replayable && !retried => {
                 retried = true;
@@ -245,12 +245,14 @@ async fn connect(
 /// Interim (1xx) responses accepted before a final one; more is a misbehaving target.
 const MAX_INTERIM: u32 = 16;
 
-/// What has been read from the target in this exchange so far.
-#[derive(Default)]
+/// What has been read from the target in this exchange so far, and the limits of the
+/// snapshot the request runs on.
 struct Reading {
     /// Any response byte arrived: a failure is no longer a stale connection.
     received: bool,
     interims: u32,
+    max_head: usize,
+    send: Duration,
 }
 
 /// Send the head in `conn.out` (kept intact for a retry), then the body, and read up to
@@ -259,12 +261,13 @@ struct Reading {
 /// reading), so the client's connection cannot be reused.
 async fn send_request(
     conn: &mut Conn,
+    cfg: &Config,
     up: &mut Upstream,
     head: &RequestHead,
     target: &TargetSpec,
     body_sent: bool,
 ) -> Result<(ResponseHead, bool), Failure> {
-    let timeouts = conn.worker.active().snapshot.config.timeouts.clone();
+    let timeouts = &cfg.timeouts;
     let out = std::mem::take(&mut conn.out);
     let write = monoio::io::AsyncWriteRentExt::write_all(&mut up.stream, out);
     let (res, out) = match timeout(timeouts.send, write).await {
@@ -275,7 +278,12 @@ async fn send_request(
     if res.is_err() {
         return Err(Failure::Stale);
     }
-    let mut reading = Reading::default();
+    let mut reading = Reading {
+        received: false,
+        interims: 0,
+        max_head: cfg.limits.max_head_bytes,
+        send: timeouts.send,
+    };
     let response_deadline = |t: &TargetSpec| Instant::now() + t.response_timeout;
     if body_sent {
         let r = read_final_head(conn, up, head, &mut reading, response_deadline(target)).await?;
@@ -366,7 +374,7 @@ async fn read_head(
     deadline: Instant,
     keep_on_timeout: bool,
 ) -> Result<Option<ResponseHead>, Failure> {
-    let max_head = conn.worker.active().snapshot.config.limits.max_head_bytes;
+    let max_head = reading.max_head;
     loop {
         if !conn.ubuf.is_empty() {
             reading.received = true;
@@ -378,7 +386,7 @@ async fn read_head(
                             return Err(Failure::Answer(502, "too many interim responses"));
                         }
                         if head.minor_version == 1 {
-                            relay_interim(conn, &r).await?;
+                            relay_interim(conn, &r, reading.send).await?;
                         }
                     }
                     return Ok(Some(r));
@@ -409,10 +417,9 @@ async fn read_head(
 
 /// Send an interim head to the client. Written from its own buffer: `conn.out` may still
 /// hold the request for a retry.
-async fn relay_interim(conn: &mut Conn, r: &ResponseHead) -> Result<(), Failure> {
+async fn relay_interim(conn: &mut Conn, r: &ResponseHead, send: Duration) -> Result<(), Failure> {
     let mut interim = Vec::with_capacity(64);
     encode::interim_head(&mut interim, conn.ubuf.data(), r);
-    let send = conn.worker.active().snapshot.config.timeouts.send;
     match timeout(send, write_vec(&mut conn.client, &mut interim)).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(Failure::Client(None)),

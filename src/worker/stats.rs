@@ -66,10 +66,6 @@ pub struct WorkerStats {
 }
 
 impl WorkerStats {
-    pub fn responses_total(&self) -> u64 {
-        self.responses.iter().map(Counter::get).sum()
-    }
-
     pub fn response(&self, status: u16) {
         self.responses[usize::from(status / 100).min(5)].inc();
     }
