@@ -3,6 +3,8 @@
 //! Content-Length or one final `chunked`, never both, one Host, no smuggling through
 //! duplicate or malformed framing fields.
 
+use std::mem::MaybeUninit;
+
 use super::MAX_HEADERS;
 
 /// A byte range of the buffer a head was parsed from.
@@ -248,9 +250,10 @@ pub fn parse_request(
     buf: &[u8],
     limits: &RequestLimits,
 ) -> Result<Option<RequestHead>, RequestError> {
-    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut storage[..limits.max_headers]);
-    let head_len = match req.parse(buf) {
+    // Uninitialised storage: zeroing 128 headers (4 KiB) per parse showed in profiles.
+    let mut storage = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, &mut storage[..limits.max_headers]) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             // A request line longer than the URI limit is a 414 even before the head ends.
@@ -485,9 +488,13 @@ pub fn parse_response(
     request_is_head: bool,
     max_head_bytes: usize,
 ) -> Result<Option<ResponseHead>, ResponseError> {
-    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut storage);
-    let head_len = match res.parse(buf) {
+    let mut storage = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut storage,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             if buf.len() >= max_head_bytes {

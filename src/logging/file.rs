@@ -36,7 +36,7 @@ pub struct FileSink {
     current: Option<Current>,
     seq: u32,
     /// Scratch: JSON lines of one batch, and their compressed form.
-    lines: String,
+    lines: Vec<u8>,
     packed: Vec<u8>,
 }
 
@@ -58,7 +58,7 @@ impl FileSink {
             settings,
             current: None,
             seq: 0,
-            lines: String::new(),
+            lines: Vec::new(),
             packed: Vec::new(),
         }
     }
@@ -116,7 +116,7 @@ impl FileSink {
         }
         self.packed.clear();
         let mut gz = GzEncoder::new(std::mem::take(&mut self.packed), Compression::fast());
-        gz.write_all(self.lines.as_bytes())?;
+        gz.write_all(&self.lines)?;
         self.packed = gz.finish()?;
         let Some(c) = self.current.as_mut() else {
             return Ok(());

@@ -384,8 +384,15 @@ mod speed {
     fn sink_cost() {
         let dir = std::env::temp_dir().join(format!("dispa-sink-cost-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let records: Vec<TrafficRecord> = (0..1024).map(record).collect();
-        let rounds = 50;
+        let mut records: Vec<TrafficRecord> = (0..1024).map(record).collect();
+        // Time moves on between batches, as it does in a run: the time-ordered indexes
+        // then grow at their end (repeating times would insert all over them).
+        let mut advance = |records: &mut Vec<TrafficRecord>| {
+            for r in records.iter_mut() {
+                r.start_ms += 1024;
+            }
+        };
+        let rounds = 200;
         let mut file = file::FileSink::new(FileSink {
             directory: dir.join("logs"),
             max_file_size: 1 << 40,
@@ -405,11 +412,12 @@ mod speed {
         });
         let t = Instant::now();
         for _ in 0..rounds {
+            advance(&mut records);
             db.write(&records).unwrap();
         }
         let per = t.elapsed() / (rounds * records.len() as u32);
         println!("sqlite sink: {per:?} per record");
-        let mut s = String::new();
+        let mut s = Vec::new();
         let t = Instant::now();
         for _ in 0..rounds {
             s.clear();

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, params};
 
+use super::record::{push_ip, push_socket_addr, version_text};
 use crate::config::DatabaseSink as Settings;
 use crate::msg::{RecordText, TrafficRecord};
 
@@ -47,6 +48,11 @@ const INSERT: &str = "INSERT INTO requests (id, ts_ms, client, worker, method, s
      version, user_agent, request_bytes, status, response_bytes, target, target_addr, duration_us, \
      upstream_us, upstream_reused, retries, error) \
      VALUES (?1, ?2, ?3, ?4, ?5, 'http', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)";
+
+/// The text of an address formatted by [`push_ip`]/[`push_socket_addr`] (always ASCII).
+fn ascii(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap_or_default()
+}
 
 /// Rows deleted per retention statement, and statements per pass.
 const RETENTION_CHUNK: usize = 2000;
@@ -126,29 +132,32 @@ impl SqliteSink {
         let tx = conn.transaction()?;
         {
             let mut insert = tx.prepare_cached(INSERT)?;
+            // Addresses are formatted into reused buffers: no allocation per row.
+            let (mut client, mut target_addr) = (Vec::with_capacity(64), Vec::with_capacity(64));
             for r in records {
                 use RecordText::*;
-                let version = match r.version_minor {
-                    0 => "HTTP/1.0",
-                    1 => "HTTP/1.1",
-                    _ => "",
-                };
+                client.clear();
+                push_ip(&mut client, r.client);
+                target_addr.clear();
+                if let Some(a) = r.target_addr {
+                    push_socket_addr(&mut target_addr, a);
+                }
                 insert.execute(params![
                     r.field(Id),
                     r.start_ms as i64,
-                    r.client.to_string(),
+                    ascii(&client),
                     r.worker,
                     r.field(Method),
                     r.field(Host),
                     r.field(Path),
                     r.field(Query),
-                    version,
+                    version_text(r),
                     r.field(UserAgent),
                     r.request_bytes as i64,
                     r.status,
                     r.response_bytes as i64,
                     r.field(Target),
-                    r.target_addr.map(|a| a.to_string()).unwrap_or_default(),
+                    ascii(&target_addr),
                     r.duration_us as i64,
                     r.upstream_us.map(|u| u as i64),
                     r.reused,
