@@ -387,7 +387,7 @@ mod speed {
         let mut records: Vec<TrafficRecord> = (0..1024).map(record).collect();
         // Time moves on between batches, as it does in a run: the time-ordered indexes
         // then grow at their end (repeating times would insert all over them).
-        let mut advance = |records: &mut Vec<TrafficRecord>| {
+        let advance = |records: &mut Vec<TrafficRecord>| {
             for r in records.iter_mut() {
                 r.start_ms += 1024;
             }
