@@ -12,4 +12,5 @@ mod proxy {
     pub mod harness;
     pub mod recording;
     pub mod routing;
+    pub mod smuggling;
 }

@@ -176,6 +176,24 @@ fn is_plain_chunked(value: &[u8]) -> bool {
     value.trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
 
+/// A well-formed list of codings that ends in `chunked` once (`gzip, chunked`): framing is
+/// clear but Dispa does not decode the other codings, so it answers 501 (RFC 9112 §6.1).
+/// Anything else that is not plain `chunked` leaves the length unknown: 400 (§6.3).
+fn is_unsupported_coding_list(value: &[u8]) -> bool {
+    let codings: Vec<&[u8]> = value
+        .split(|&b| b == b',')
+        .map(|c| c.trim_ascii())
+        .collect();
+    let Some((last, rest)) = codings.split_last() else {
+        return false;
+    };
+    last.eq_ignore_ascii_case(b"chunked")
+        && !rest.is_empty()
+        && rest.iter().all(|c| {
+            !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked") && c.iter().all(|&b| is_tchar(b))
+        })
+}
+
 fn name_is(f: &[u8], name: &[u8]) -> bool {
     f.eq_ignore_ascii_case(name)
 }
@@ -189,6 +207,8 @@ pub enum RequestError {
     UriTooLong,
     MethodNotAllowed,
     ExpectationFailed,
+    /// Understood framing, but a feature Dispa does not implement (501).
+    NotImplemented(&'static str),
 }
 
 impl RequestError {
@@ -199,6 +219,7 @@ impl RequestError {
             RequestError::UriTooLong => 414,
             RequestError::MethodNotAllowed => 405,
             RequestError::ExpectationFailed => 417,
+            RequestError::NotImplemented(_) => 501,
         }
     }
 
@@ -210,6 +231,7 @@ impl RequestError {
             RequestError::UriTooLong => "request target too long",
             RequestError::MethodNotAllowed => "method not allowed",
             RequestError::ExpectationFailed => "unsupported Expect value",
+            RequestError::NotImplemented(why) => why,
         }
     }
 }
@@ -318,8 +340,11 @@ pub fn parse_request(
                 fields.skip |= bit;
             }
             17 if name_is(name, b"transfer-encoding") => {
+                if !chunked && is_unsupported_coding_list(value) {
+                    return Err(RequestError::NotImplemented("unsupported transfer coding"));
+                }
                 if chunked || !is_plain_chunked(value) {
-                    return Err(RequestError::Malformed("unsupported Transfer-Encoding"));
+                    return Err(RequestError::Malformed("invalid Transfer-Encoding"));
                 }
                 chunked = true;
                 fields.skip |= bit;
