@@ -10,6 +10,7 @@ mod proxy {
     pub mod errors;
     pub mod forwarding;
     pub mod harness;
+    pub mod limits;
     pub mod recording;
     pub mod routing;
     pub mod smuggling;

@@ -522,6 +522,7 @@ fn limits(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Limits {
             errors,
         ) as usize,
         max_connections: s.uint("max_connections", 16384, 1, 10_000_000, errors) as usize,
+        max_body_bytes: s.uint("max_body_bytes", 0, 0, 1 << 50, errors),
     };
     s.finish(errors);
     l

@@ -238,6 +238,8 @@ pub struct Limits {
     pub max_uri_bytes: usize,
     pub max_headers: usize,
     pub max_connections: usize,
+    /// Request body bytes a client may send (0: no limit); beyond it, 413.
+    pub max_body_bytes: u64,
 }
 
 /// Why a configuration could not be used.

@@ -283,6 +283,12 @@ pub fn render(state: &State) -> String {
         ],
     ));
     fams.push(family(
+        "dispa_connections_refused_total",
+        "Client connections answered 503 and closed because limits.max_connections were open.",
+        COUNTER,
+        vec![sample(&[], COUNTER, sum(&|s| s.refused_connections.get()))],
+    ));
+    fams.push(family(
         "dispa_upgrades_total",
         "Connections switched to a tunnel after a 101.",
         COUNTER,

@@ -274,7 +274,16 @@ impl Conn {
         if active.snapshot.config.logging.enabled {
             self.begin_record(&head, host);
         }
+        let limit = active.snapshot.config.limits.max_body_bytes;
         let next = match rule {
+            Some(_) if matches!(head.body, Body::Length(n) if limit > 0 && n > limit) => {
+                // Refused before anything is forwarded; the body is left unread.
+                self.outcome.error = Some("client");
+                self.worker.stats.rejected_limits.inc();
+                self.rbuf.consume(head.head_len);
+                self.reply(413, "request body too large", true).await;
+                Next::Close
+            }
             Some(_) => forward::exchange(self, active, head).await,
             None => {
                 // Never forwarded anywhere: Dispa is not an open proxy.

@@ -313,7 +313,10 @@ async fn send_request(
     let (client, rbuf, out) = (&mut conn.client, &mut conn.rbuf, &mut conn.out);
     let sent = match head.body {
         Body::Length(n) => relay::length(client, rbuf, &mut up.stream, n, to_up).await,
-        Body::Chunked => relay::chunked(client, rbuf, &mut up.stream, out, true, to_up).await,
+        Body::Chunked => {
+            let limit = cfg.limits.max_body_bytes;
+            relay::chunked(client, rbuf, &mut up.stream, out, true, limit, to_up).await
+        }
         Body::None | Body::Close => Ok(0),
     };
     match sent {
@@ -328,6 +331,10 @@ async fn send_request(
         Err(RelayError::Read(_)) => return Err(Failure::Client(None)),
         Err(RelayError::Framing) => {
             return Err(Failure::Client(Some((400, "invalid chunked request body"))));
+        }
+        Err(RelayError::TooLarge) => {
+            // The target got a cut-off body on a connection that is now dropped.
+            return Err(Failure::Client(Some((413, "request body too large"))));
         }
         Err(RelayError::Write) => {
             // The target stopped reading: it may have answered early (413, 401...).
@@ -562,6 +569,7 @@ async fn respond(
                     &mut conn.client,
                     &mut conn.out,
                     rechunk,
+                    0,
                     to_client,
                 )
                 .await

@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use monoio::io::Canceller;
 
+use crate::http::canned;
 use crate::balance::Balancer;
 use crate::config::{IoDriver, Snapshot, UringFlags};
 use crate::msg::{Histogram, StatsReport, TrafficRecord, WorkerEvent, WorkerMsg, WorkerReady};
@@ -415,7 +416,11 @@ async fn serve(start: Start, driver: &'static str) {
                 worker.stats.accepted.inc();
                 let max_connections = worker.active().snapshot.config.limits.max_connections;
                 if worker.stats.open_connections.get() >= max_connections as u64 {
-                    continue; // dropped: closed at once, like a full backlog
+                    // One short answer and close; the write lands in the fresh socket's
+                    // empty send buffer, so this task never waits on the client.
+                    worker.stats.refused_connections.inc();
+                    monoio::spawn(refuse(stream));
+                    continue;
                 }
                 // Counted here, not in the task, so that a burst of accepts sees it.
                 worker.stats.open_connections.inc();
@@ -447,6 +452,13 @@ async fn serve(start: Start, driver: &'static str) {
 }
 
 /// Polls the worker's inbox without blocking; also ages out idle upstream connections.
+/// Answer a connection over `limits.max_connections` with 503 and close it.
+async fn refuse(mut stream: monoio::net::TcpStream) {
+    let mut out = Vec::with_capacity(192);
+    canned::response(&mut out, 503, "too many connections", true);
+    let _ = monoio::io::AsyncWriteRentExt::write_all(&mut stream, out).await;
+}
+
 async fn inbox(
     worker: Rc<Worker>,
     rx: Receiver<WorkerMsg>,

@@ -24,6 +24,8 @@ pub enum RelayError {
     Write,
     /// The body's chunked framing was invalid.
     Framing,
+    /// The body grew past the configured limit.
+    TooLarge,
 }
 
 #[derive(Debug)]
@@ -92,12 +94,14 @@ pub async fn length(
 
 /// Relay a chunked body. `rechunk`: re-frame as chunked (else send the bare data, for a
 /// close-delimited HTTP/1.0 response). Trailers are dropped. Returns the data bytes.
+/// More than `limit` data bytes (0: no limit) end the relay with [`RelayError::TooLarge`].
 pub async fn chunked(
     src: &mut TcpStream,
     buf: &mut ReadBuf,
     dst: &mut TcpStream,
     out: &mut Vec<u8>,
     rechunk: bool,
+    limit: u64,
     pace: Pace,
 ) -> Result<u64, RelayError> {
     let mut decoder = ChunkedDecoder::new();
@@ -123,6 +127,9 @@ pub async fn chunked(
                     }
                     pos += n;
                     total += n as u64;
+                    if limit > 0 && total > limit {
+                        return Err(RelayError::TooLarge);
+                    }
                 }
                 Step::NeedMore => break,
                 Step::Done(n) => {

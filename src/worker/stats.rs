@@ -34,6 +34,8 @@ impl Counter {
 #[repr(align(128))]
 pub struct WorkerStats {
     pub accepted: Counter,
+    /// Connections answered 503 and closed because `max_connections` were open.
+    pub refused_connections: Counter,
     /// Client connections open now.
     pub open_connections: Counter,
     /// Requests between head parsed and response finished, now.
