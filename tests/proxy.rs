@@ -13,5 +13,6 @@ mod proxy {
     pub mod limits;
     pub mod recording;
     pub mod routing;
+    pub mod slow_clients;
     pub mod smuggling;
 }

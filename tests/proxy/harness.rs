@@ -283,10 +283,24 @@ impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        Client::from_stream(stream)
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Client {
         Client {
             stream,
             buf: Vec::new(),
         }
+    }
+
+    /// A GET that may fail (no answer within the stream's read timeout): `None`.
+    pub fn try_get(&mut self, host: &str, path: &str) -> Option<Response> {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        self.stream.write_all(req.as_bytes()).ok()?;
+        read_until(&mut self.stream, &mut self.buf, |b| {
+            find(b, b"\r\n\r\n").map(|i| i + 4)
+        })?;
+        Some(self.read_response(false))
     }
 
     pub fn send(&mut self, bytes: &[u8]) -> &mut Self {
