@@ -8,6 +8,7 @@ mod proxy {
     pub mod connections;
     pub mod control;
     pub mod errors;
+    pub mod faults;
     pub mod forwarding;
     pub mod harness;
     pub mod limits;

@@ -20,9 +20,9 @@ use std::collections::HashMap;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use monoio::io::Canceller;
 
-use crate::http::canned;
 use crate::balance::Balancer;
 use crate::config::{IoDriver, Snapshot, UringFlags};
+use crate::http::canned;
 use crate::msg::{Histogram, StatsReport, TrafficRecord, WorkerEvent, WorkerMsg, WorkerReady};
 
 fn unix_secs() -> u64 {

@@ -10,7 +10,11 @@ use super::harness::*;
 #[test]
 fn body_over_the_limit_is_413_and_never_forwarded() {
     let b = Backend::named("b");
-    let p = proxy(&config(&[b.addr], "round_robin", "[limits]\nmax_body_bytes = 10\n"));
+    let p = proxy(&config(
+        &[b.addr],
+        "round_robin",
+        "[limits]\nmax_body_bytes = 10\n",
+    ));
     let r = raw(
         p.local_addr(),
         b"POST /big HTTP/1.1\r\nHost: example.com\r\nContent-Length: 11\r\n\r\nhello world",
@@ -31,7 +35,11 @@ fn body_over_the_limit_is_413_and_never_forwarded() {
 #[test]
 fn chunked_body_growing_past_the_limit_is_413_and_the_target_never_sees_an_end() {
     let b = RawBackend::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-    let p = proxy(&config(&[b.addr], "round_robin", "[limits]\nmax_body_bytes = 10\n"));
+    let p = proxy(&config(
+        &[b.addr],
+        "round_robin",
+        "[limits]\nmax_body_bytes = 10\n",
+    ));
     let r = raw(
         p.local_addr(),
         b"POST / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nhello \r\n6\r\nworld!\r\n0\r\n\r\n",
@@ -39,13 +47,20 @@ fn chunked_body_growing_past_the_limit_is_413_and_the_target_never_sees_an_end()
     assert_eq!(r.status, 413);
     assert!(eventually(Duration::from_secs(5), || b.connection_count() == 1));
     let got = b.connection(0);
-    assert!(!got.contains("\r\n0\r\n\r\n"), "the cut-off body was completed: {got:?}");
+    assert!(
+        !got.contains("\r\n0\r\n\r\n"),
+        "the cut-off body was completed: {got:?}"
+    );
 }
 
 #[test]
 fn connections_over_the_limit_get_503_and_the_others_are_served() {
     let b = Backend::named("b");
-    let p = proxy(&config(&[b.addr], "round_robin", "[limits]\nmax_connections = 4\n"));
+    let p = proxy(&config(
+        &[b.addr],
+        "round_robin",
+        "[limits]\nmax_connections = 4\n",
+    ));
     let mut held: Vec<Client> = (0..4).map(|_| Client::connect(p.local_addr())).collect();
     // Each held connection is open in the worker once it has answered a request.
     for c in held.iter_mut() {

@@ -15,11 +15,17 @@ const RUN: Duration = Duration::from_secs(6);
 
 /// Open `SLOW` connections that each send `start` and then one byte of `trickle` per
 /// second until `RUN` has passed; returns how many were opened.
-fn attack(addr: SocketAddr, start: &'static [u8], trickle: &'static [u8]) -> thread::JoinHandle<usize> {
+fn attack(
+    addr: SocketAddr,
+    start: &'static [u8],
+    trickle: &'static [u8],
+) -> thread::JoinHandle<usize> {
     thread::spawn(move || {
         let mut conns: Vec<TcpStream> = Vec::new();
         for _ in 0..SLOW {
-            let Ok(mut s) = TcpStream::connect(addr) else { break };
+            let Ok(mut s) = TcpStream::connect(addr) else {
+                break;
+            };
             if s.write_all(start).is_err() {
                 break;
             }
@@ -50,7 +56,8 @@ fn measure(addr: SocketAddr) -> (usize, usize, Duration) {
         let good = TcpStream::connect(addr).ok().is_some_and(|s| {
             s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
             let mut c = Client::from_stream(s);
-            c.try_get("example.com", "/").is_some_and(|r| r.status == 200)
+            c.try_get("example.com", "/")
+                .is_some_and(|r| r.status == 200)
         });
         times.push(t.elapsed());
         ok += usize::from(good);
@@ -68,8 +75,14 @@ fn survives(start: &'static [u8], trickle: &'static [u8]) {
     thread::sleep(Duration::from_millis(500));
     let (ok, tries, p99) = measure(p.local_addr());
     let opened = attacker.join().unwrap();
-    assert!(opened >= SLOW * 9 / 10, "only {opened} slow connections opened");
-    assert!(ok * 100 >= tries * 95, "{ok} of {tries} served during the attack");
+    assert!(
+        opened >= SLOW * 9 / 10,
+        "only {opened} slow connections opened"
+    );
+    assert!(
+        ok * 100 >= tries * 95,
+        "{ok} of {tries} served during the attack"
+    );
     assert!(p99 < Duration::from_secs(2), "p99 {p99:?}");
 }
 
