@@ -210,6 +210,24 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    /// Found by fuzzing: the fields Dispa adds may take a head past the client's field
+    /// limit; the forwarded head must still fit the parser's capacity.
+    #[test]
+    fn forwarded_head_with_the_most_fields_still_parses() {
+        let mut raw = String::from("GET / HTTP/1.1\r\nHost: example.com\r\n");
+        for i in 0..99 {
+            raw += &format!("X-{i}: v\r\n");
+        }
+        raw += "\r\n";
+        let out = forward(&raw, "", None);
+        let limits = RequestLimits {
+            max_headers: crate::http::MAX_HEADERS,
+            max_uri_bytes: 8192,
+        };
+        let again = parse_request(out.as_bytes(), &limits).unwrap().unwrap();
+        assert!(again.fields.count > 100 && again.fields.count <= crate::http::MAX_HEADERS);
+    }
+
     #[test]
     fn request_is_rebuilt_without_hop_by_hop_fields() {
         let raw = "POST /x?y HTTP/1.0\r\nHost: example.com\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-Proto: https\r\nContent-Length: 3\r\nAccept: */*\r\n\r\n";
