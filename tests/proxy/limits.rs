@@ -83,3 +83,73 @@ fn connections_over_the_limit_get_503_and_the_others_are_served() {
         c.read_response(false).status == 200
     }));
 }
+
+/// CPU time (user + system) of process `pid` so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = rest
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    Duration::from_millis((f[0] + f[1]) * 10) // USER_HZ is 100 on Linux
+}
+
+#[test]
+fn out_of_file_descriptors_backs_off_keeps_serving_and_recovers() {
+    if std::process::Command::new("prlimit")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        eprintln!("prlimit (util-linux) not installed; skipping");
+        return;
+    }
+    let b = Backend::named("b");
+    let dir = scratch_dir("fds");
+    let path = dir.join("fds.toml");
+    let toml = config(&[b.addr], "round_robin", "[monitoring]\nenabled = false\n");
+    std::fs::write(&path, toml).unwrap();
+    // A hard limit of 64 descriptors: Dispa cannot raise it, and about 30 are its own.
+    let bin = env!("CARGO_BIN_EXE_dispa");
+    let (child, addr, _) = spawn_dispa(&[
+        "prlimit",
+        "--nofile=64:64",
+        bin,
+        "-c",
+        path.to_str().unwrap(),
+        "--workers",
+        "1",
+    ]);
+    let pid = child.0.id();
+    let mut served = Client::connect(addr);
+    assert_eq!(served.get("example.com", "/").status, 200);
+    // Far more connections than descriptors: the rest wait in the listen backlog, which
+    // keeps the listener readable; a worker without back-off would spin on EMFILE.
+    let held: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
+    assert!(held.len() >= 60, "only {} connected", held.len());
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_time(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = cpu_time(pid) - before;
+    assert!(
+        spent < Duration::from_millis(400),
+        "busy while out of descriptors: {spent:?} CPU in 2 s"
+    );
+    // An open connection keeps being served meanwhile.
+    assert_eq!(served.get("example.com", "/during").status, 200);
+    drop(held);
+    assert!(eventually(Duration::from_secs(10), || {
+        TcpStream::connect(addr).is_ok_and(|s| {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            Client::from_stream(s)
+                .try_get("example.com", "/after")
+                .is_some_and(|r| r.status == 200)
+        })
+    }));
+}
