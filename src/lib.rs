@@ -15,6 +15,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod http;
+pub mod logfmt;
 pub mod logging;
 pub mod msg;
 pub mod route;

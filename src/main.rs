@@ -27,6 +27,9 @@ struct Cli {
     /// Worker threads (overrides server.workers; 0 = one per allowed CPU).
     #[arg(long, global = true)]
     workers: Option<usize>,
+    /// Log line format on stderr: "text" for people, "json" (JSON Lines) for shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -80,6 +83,12 @@ enum TrafficCommand {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.verbose {
@@ -88,12 +97,14 @@ fn main() -> ExitCode {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.event_format(dispa::logfmt::JsonLines).init(),
+    }
 
     match cli.command {
         Some(Command::Check) => check(&cli.config),

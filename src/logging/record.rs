@@ -47,7 +47,7 @@ fn push_padded(out: &mut Vec<u8>, mut n: u64, width: usize) {
     out.extend_from_slice(&digits[..width]);
 }
 
-fn push_rfc3339_ms(out: &mut Vec<u8>, unix_ms: u64) {
+pub fn push_rfc3339_ms(out: &mut Vec<u8>, unix_ms: u64) {
     let (y, mo, d, h, mi, s) = utc(unix_ms / 1000);
     push_padded(out, y.max(0) as u64, 4);
     for (sep, n) in [
@@ -102,7 +102,7 @@ pub fn push_socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
     }
 }
 
-fn json_str(out: &mut Vec<u8>, s: &str) {
+pub fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut plain = 0;

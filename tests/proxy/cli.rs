@@ -164,3 +164,37 @@ fn workers_are_pinned_within_the_inherited_affinity_mask() {
         assert_eq!(pinned, ["1", "1"]);
     }
 }
+
+#[test]
+fn json_log_format_writes_one_object_per_line() {
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .args(["demo", "--port", "0", "--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let child = Spawned(child);
+    let line = std::io::BufReader::new(stderr)
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    drop(child);
+    assert!(
+        line.starts_with("{\"time\":\"20") && line.ends_with('}'),
+        "{line}"
+    );
+    for part in [
+        "\"level\":\"INFO\"",
+        "\"message\":\"dispa started\"",
+        "\"listen\":\"127.0.0.1:",
+        "\"workers\":",
+        "\"io\":\"",
+        "\"config\":\"(demo)\"",
+    ] {
+        assert!(line.contains(part), "{part} missing: {line}");
+    }
+}
