@@ -7,6 +7,7 @@ mod proxy {
     pub mod cli;
     pub mod connections;
     pub mod control;
+    pub mod docs;
     pub mod errors;
     pub mod faults;
     pub mod forwarding;
