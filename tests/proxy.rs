@@ -13,6 +13,7 @@ mod proxy {
     pub mod forwarding;
     pub mod harness;
     pub mod limits;
+    pub mod prometheus;
     pub mod recording;
     pub mod routing;
     pub mod slow_clients;

@@ -1,0 +1,32 @@
+# Multi-stage build: a Rust toolchain image builds the release binary, a slim Debian
+# image runs it as an unprivileged user. Not built or run in CI (Docker cannot run on the
+# build machines); see docs/OPERATIONS.md.
+#
+#   docker build -t dispa .
+#   docker run --rm -p 8080:8080 -v $PWD/my.toml:/etc/dispa/config.toml dispa
+#
+# io_uring: Docker's default seccomp profile blocks io_uring_setup, so inside a default
+# container Dispa logs one warning and uses epoll. To use io_uring, run with a seccomp
+# profile that allows io_uring_setup/enter/register (or --security-opt seccomp=unconfined).
+
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+RUN cargo build --release --locked && strip target/release/dispa
+
+FROM debian:bookworm-slim
+RUN useradd --system --home /var/lib/dispa --shell /usr/sbin/nologin dispa \
+ && mkdir -p /etc/dispa /var/lib/dispa \
+ && chown dispa:dispa /var/lib/dispa
+COPY --from=build /src/target/release/dispa /usr/local/bin/dispa
+COPY deploy/compose/dispa.toml /etc/dispa/config.toml
+USER dispa
+# Relative paths in the config (logs/, data/traffic.db) land here: mount a volume.
+WORKDIR /var/lib/dispa
+VOLUME ["/var/lib/dispa"]
+# proxy, status API, Prometheus metrics
+EXPOSE 8080 8081 9090
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/dispa"]
+CMD ["-c", "/etc/dispa/config.toml"]
