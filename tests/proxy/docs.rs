@@ -77,3 +77,43 @@ fn every_documented_toml_example_loads() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     eprintln!("{} TOML examples load", sources.len());
 }
+
+/// Every metric family Dispa exports is described in the user manual, and every key of
+/// `config/config.toml` too.
+#[test]
+fn every_metric_and_config_key_is_in_the_user_manual() {
+    use super::harness::*;
+    let manual = std::fs::read_to_string(root().join("docs/USER_MANUAL.md")).unwrap();
+    let b = Backend::named("b");
+    let d = controlled(&config(&[b.addr], "round_robin", MONITORING));
+    assert_eq!(get(d.proxy, "example.com", "/").status, 200);
+    let text = call(d.metrics, "GET", "/metrics").text();
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| name.starts_with("dispa_"))
+        .collect();
+    assert!(families.len() > 20, "{families:?}");
+    let missing: Vec<_> = families.iter().filter(|f| !manual.contains(*f)).collect();
+    assert!(
+        missing.is_empty(),
+        "metrics not in USER_MANUAL.md: {missing:?}"
+    );
+    let config = std::fs::read_to_string(root().join("config/config.toml")).unwrap();
+    let keys: Vec<&str> = config
+        .lines()
+        .map(|l| l.trim_start_matches('#').trim())
+        .filter_map(|l| l.split_once(" = ").map(|(k, _)| k))
+        .filter(|k| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .collect();
+    assert!(keys.len() > 40, "{keys:?}");
+    let undocumented: Vec<_> = keys
+        .iter()
+        .filter(|k| !manual.contains(&format!("`{k}`")))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "config keys not in USER_MANUAL.md: {undocumented:?}"
+    );
+}
