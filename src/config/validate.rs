@@ -5,6 +5,8 @@ use std::collections::HashSet;
 use super::{Config, FieldError};
 
 pub(super) fn check(config: &Config, errors: &mut Vec<FieldError>) {
+    // Targets that failed their own checks are already reported (and left out of the list).
+    let invalid_targets = errors.iter().any(|e| e.path.starts_with("targets.targets["));
     let mut err = |path: String, reason: String| errors.push(FieldError { path, reason });
     if config.domains.intercept.is_empty() {
         err(
@@ -13,7 +15,7 @@ pub(super) fn check(config: &Config, errors: &mut Vec<FieldError>) {
         );
     }
     let targets = &config.targets.targets;
-    if targets.is_empty() {
+    if targets.is_empty() && !invalid_targets {
         err(
             "targets.targets".into(),
             "at least one target is required".into(),

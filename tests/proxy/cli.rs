@@ -43,6 +43,8 @@ fn check_reports_every_error_with_its_key_path_and_exits_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
+    // Found in a new user's pass: an invalid target is not also "no target at all".
+    assert!(!err.contains("at least one target"), "{err}");
     for key in [
         "server.bind",
         "server.workrs: unknown key",
