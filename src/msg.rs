@@ -114,6 +114,45 @@ pub struct TrafficRecord {
     pub error: Option<&'static str>,
     pub text: String,
     pub ends: [u32; RecordText::COUNT],
+    /// Headers and body bytes kept for `[logging.capture]` hosts; `None` otherwise.
+    pub capture: Option<Box<Captured>>,
+}
+
+/// What `[logging.capture]` keeps of one exchange: selected fields as they were on the
+/// wire (name, value; in order, duplicates kept) and the first bytes of both bodies
+/// (decoded from chunked).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Captured {
+    pub request_headers: Vec<(String, String)>,
+    pub response_headers: Vec<(String, String)>,
+    pub request_body: Vec<u8>,
+    pub response_body: Vec<u8>,
+}
+
+impl Captured {
+    /// Keep the fields of `fields` (spans into `buf`) whose names are in `names`
+    /// (lowercase; `"*"` keeps all).
+    pub fn keep_fields(
+        out: &mut Vec<(String, String)>,
+        buf: &[u8],
+        fields: &crate::http::parse::Fields,
+        names: &[String],
+    ) {
+        let all = names.iter().any(|n| n == "*");
+        for f in &fields.list[..fields.count] {
+            let name = f.name.of(buf);
+            if all
+                || names
+                    .iter()
+                    .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+            {
+                out.push((
+                    String::from_utf8_lossy(name).into_owned(),
+                    String::from_utf8_lossy(f.value.of(buf)).into_owned(),
+                ));
+            }
+        }
+    }
 }
 
 /// The text fields of a [`TrafficRecord`], in storage order.

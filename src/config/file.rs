@@ -8,8 +8,9 @@ use std::time::Duration;
 use toml::{Table, Value};
 
 use super::{
-    Algorithm, Config, DatabaseSink, Domains, FieldError, FileSink, HealthCheck, IoDriver, Limits,
-    Logging, Monitoring, Rotation, Server, Sinks, Target, Targets, Timeouts, Upstream, UringFlags,
+    Algorithm, Capture, Config, DatabaseSink, Domains, FieldError, FileSink, HealthCheck, IoDriver,
+    Limits, Logging, MAX_CAPTURE_BODY, Monitoring, Rotation, Server, Sinks, Target, Targets,
+    Timeouts, Upstream, UringFlags,
 };
 
 /// Decode the whole file. Returns `None` only when a required section is missing entirely
@@ -118,6 +119,7 @@ fn logging(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Logging {
         Some(_) => Duration::from_millis(s.uint("flush_interval_ms", 200, 1, 3_600_000, errors)),
     };
     let queue_size = s.uint("queue_size", 65536, 16, 16 << 20, errors) as usize;
+    let capture = capture(s.table("capture", errors), errors);
     s.finish(errors);
     Logging {
         enabled,
@@ -127,6 +129,50 @@ fn logging(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Logging {
         batch_size,
         flush_interval,
         queue_size,
+        capture,
+    }
+}
+
+fn capture(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Capture {
+    let mut s = s.unwrap_or_else(|| Section::empty("logging.capture"));
+    let mut domains = Vec::new();
+    for (i, d) in s
+        .strings("domains", errors)
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        match normalize_pattern(&d) {
+            Ok(p) => domains.push(p),
+            Err(reason) => s.error(
+                errors,
+                &format!("domains[{i}]"),
+                &format!("{d:?}: {reason}"),
+            ),
+        }
+    }
+    let mut names = |key: &'static str, s: &mut Section<'_>| -> Vec<String> {
+        let list = s.strings(key, errors).unwrap_or_default();
+        for (i, n) in list.iter().enumerate() {
+            if n != "*" && (n.is_empty() || !n.bytes().all(crate::http::parse::is_tchar)) {
+                s.error(
+                    errors,
+                    &format!("{key}[{i}]"),
+                    &format!("{n:?}: not a header field name"),
+                );
+            }
+        }
+        list.into_iter().map(|n| n.to_ascii_lowercase()).collect()
+    };
+    let request_headers = names("request_headers", &mut s);
+    let response_headers = names("response_headers", &mut s);
+    let max_body_bytes = s.uint("max_body_bytes", 0, 0, MAX_CAPTURE_BODY, errors) as usize;
+    s.finish(errors);
+    Capture {
+        domains,
+        request_headers,
+        response_headers,
+        max_body_bytes,
     }
 }
 

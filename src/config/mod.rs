@@ -40,7 +40,25 @@ pub struct Logging {
     /// Capacity of the channel from the workers (records beyond it are dropped and
     /// counted, never waited for). Takes effect at start only.
     pub queue_size: usize,
+    pub capture: Capture,
 }
+
+/// `[logging.capture]`: for requests to these hosts, the record also keeps selected
+/// header fields and the first bytes of both bodies (for replay). Off when `domains` is
+/// empty (the default).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Capture {
+    /// Host patterns, as `intercept_domains` (normalized).
+    pub domains: Vec<String>,
+    /// Lowercase field names kept from requests; `["*"]` keeps all.
+    pub request_headers: Vec<String>,
+    pub response_headers: Vec<String>,
+    /// Bytes kept from the start of each body (0: none).
+    pub max_body_bytes: usize,
+}
+
+/// Most body bytes a capture keeps per body.
+pub const MAX_CAPTURE_BODY: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sinks {

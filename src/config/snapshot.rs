@@ -19,6 +19,8 @@ pub struct Snapshot {
     pub generation: u64,
     pub config: Config,
     pub routes: route::Table,
+    /// Hosts whose records keep headers and body bytes (`[logging.capture]`), if any.
+    pub capture: Option<route::Table>,
     pub targets: Vec<TargetSpec>,
     pub algorithm: Algorithm,
 }
@@ -74,6 +76,9 @@ impl Snapshot {
         available: &dyn Fn(&str, SocketAddr) -> bool,
     ) -> Snapshot {
         let routes = route::Table::new(&config.domains.intercept, &config.domains.exclude);
+        let capture = &config.logging.capture;
+        let capture =
+            (!capture.domains.is_empty()).then(|| route::Table::new(&capture.domains, &[]));
         let targets = config
             .targets
             .targets
@@ -99,6 +104,7 @@ impl Snapshot {
             generation,
             algorithm: config.targets.algorithm,
             routes,
+            capture,
             targets,
             config,
         }

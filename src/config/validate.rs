@@ -6,7 +6,9 @@ use super::{Config, FieldError};
 
 pub(super) fn check(config: &Config, errors: &mut Vec<FieldError>) {
     // Targets that failed their own checks are already reported (and left out of the list).
-    let invalid_targets = errors.iter().any(|e| e.path.starts_with("targets.targets["));
+    let invalid_targets = errors
+        .iter()
+        .any(|e| e.path.starts_with("targets.targets["));
     let mut err = |path: String, reason: String| errors.push(FieldError { path, reason });
     if config.domains.intercept.is_empty() {
         err(

@@ -374,6 +374,7 @@ mod speed {
             error: None,
             text,
             ends,
+            capture: None,
         }
     }
 

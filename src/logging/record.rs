@@ -149,6 +149,42 @@ fn json_text(out: &mut Vec<u8>, key: &[u8], value: &str) {
     json_str(out, value);
 }
 
+/// Header fields as a JSON array of `[name, value]` pairs (order and duplicates kept).
+pub fn push_header_pairs(out: &mut Vec<u8>, pairs: &[(String, String)]) {
+    out.push(b'[');
+    for (i, (name, value)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'[');
+        json_str(out, name);
+        out.push(b',');
+        json_str(out, value);
+        out.push(b']');
+    }
+    out.push(b']');
+}
+
+/// Standard base64 with padding (RFC 4648 §4), for body bytes in JSON.
+pub fn push_base64(out: &mut Vec<u8>, bytes: &[u8]) {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]);
+            } else {
+                out.push(b'=');
+            }
+        }
+    }
+}
+
 /// The `version` field's text.
 pub fn version_text(r: &TrafficRecord) -> &'static str {
     match r.version_minor {
@@ -202,6 +238,17 @@ pub fn json_line(out: &mut Vec<u8>, r: &TrafficRecord) {
         Some(e) => json_str(out, e),
         None => out.extend_from_slice(b"null"),
     }
+    if let Some(c) = &r.capture {
+        out.extend_from_slice(b",\"request_headers\":");
+        push_header_pairs(out, &c.request_headers);
+        out.extend_from_slice(b",\"response_headers\":");
+        push_header_pairs(out, &c.response_headers);
+        out.extend_from_slice(b",\"request_body_b64\":\"");
+        push_base64(out, &c.request_body);
+        out.extend_from_slice(b"\",\"response_body_b64\":\"");
+        push_base64(out, &c.response_body);
+        out.push(b'"');
+    }
     out.extend_from_slice(b"}\n");
 }
 
@@ -222,6 +269,23 @@ mod tests {
         let mut s = Vec::new();
         json_str(&mut s, "a\"b\\c\n\u{1}é");
         assert_eq!(s, r#""a\"b\\c\u000a\u0001é""#.as_bytes());
+    }
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        for (raw, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            let mut out = Vec::new();
+            push_base64(&mut out, raw.as_bytes());
+            assert_eq!(out, encoded.as_bytes(), "{raw}");
+        }
     }
 
     #[test]

@@ -7,12 +7,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, params};
 
-use super::record::{push_ip, push_socket_addr, version_text};
+use super::record::{push_header_pairs, push_ip, push_socket_addr, version_text};
 use crate::config::DatabaseSink as Settings;
 use crate::msg::{RecordText, TrafficRecord};
 
 /// Each entry migrates from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE requests (
         id              TEXT    NOT NULL,
         ts_ms           INTEGER NOT NULL,
@@ -40,16 +41,25 @@ const MIGRATIONS: &[&str] = &["
     CREATE INDEX requests_host_ts ON requests (host, ts_ms);
     CREATE INDEX requests_status_ts ON requests (status, ts_ms);
     CREATE INDEX requests_target_ts ON requests (target, ts_ms);
-"];
+",
+    "
+    ALTER TABLE requests ADD COLUMN request_headers TEXT;
+    ALTER TABLE requests ADD COLUMN response_headers TEXT;
+    ALTER TABLE requests ADD COLUMN request_body BLOB;
+    ALTER TABLE requests ADD COLUMN response_body BLOB;
+",
+];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 const INSERT: &str = "INSERT INTO requests (id, ts_ms, client, worker, method, scheme, host, path, query, \
      version, user_agent, request_bytes, status, response_bytes, target, target_addr, duration_us, \
-     upstream_us, upstream_reused, retries, error) \
-     VALUES (?1, ?2, ?3, ?4, ?5, 'http', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)";
+     upstream_us, upstream_reused, retries, error, request_headers, response_headers, \
+     request_body, response_body) \
+     VALUES (?1, ?2, ?3, ?4, ?5, 'http', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
+     ?21, ?22, ?23, ?24)";
 
-/// The text of an address formatted by [`push_ip`]/[`push_socket_addr`] (always ASCII).
+/// Text this module formatted itself (addresses, JSON): always UTF-8.
 fn ascii(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).unwrap_or_default()
 }
@@ -134,6 +144,7 @@ impl SqliteSink {
             let mut insert = tx.prepare_cached(INSERT)?;
             // Addresses are formatted into reused buffers: no allocation per row.
             let (mut client, mut target_addr) = (Vec::with_capacity(64), Vec::with_capacity(64));
+            let (mut request_headers, mut response_headers) = (Vec::new(), Vec::new());
             for r in records {
                 use RecordText::*;
                 client.clear();
@@ -141,6 +152,13 @@ impl SqliteSink {
                 target_addr.clear();
                 if let Some(a) = r.target_addr {
                     push_socket_addr(&mut target_addr, a);
+                }
+                let capture = r.capture.as_deref();
+                if let Some(c) = capture {
+                    request_headers.clear();
+                    push_header_pairs(&mut request_headers, &c.request_headers);
+                    response_headers.clear();
+                    push_header_pairs(&mut response_headers, &c.response_headers);
                 }
                 insert.execute(params![
                     r.field(Id),
@@ -163,6 +181,10 @@ impl SqliteSink {
                     r.reused,
                     r.retries,
                     r.error,
+                    capture.map(|_| ascii(&request_headers)),
+                    capture.map(|_| ascii(&response_headers)),
+                    capture.map(|c| &c.request_body[..]),
+                    capture.map(|c| &c.response_body[..]),
                 ])?;
             }
         }
@@ -192,5 +214,48 @@ impl SqliteSink {
             }
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_file_is_migrated_and_keeps_its_rows() {
+        let path = std::env::temp_dir().join(format!("dispa-migrate-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO requests (id, ts_ms, client, worker, method, scheme, host, path, query, \
+                 version, user_agent, request_bytes, status, response_bytes, target, target_addr, \
+                 duration_us, retries) VALUES ('old', 1, '::1', 0, 'GET', 'http', 'a', '/', '', \
+                 'HTTP/1.1', '', 0, 200, 0, '', '', 5, 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let conn = open(&path).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let (id, headers): (String, Option<String>) = conn
+            .query_row("SELECT id, request_headers FROM requests", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((id.as_str(), headers), ("old", None));
+        drop(conn);
+        // A file from a newer Dispa is refused, not changed.
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        assert!(open(&path).is_err());
+        let _ = std::fs::remove_file(&path);
     }
 }

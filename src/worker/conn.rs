@@ -12,10 +12,11 @@ use monoio::time::{timeout, timeout_at};
 
 use super::buf::{ReadBuf, write_vec};
 use super::forward::{self, Next};
+use super::relay::Tap;
 use super::{Active, NONE, Worker, relay};
 use crate::http::parse::{RequestLimits, field, parse_request};
 use crate::http::{Body, RequestError, RequestHead, canned};
-use crate::msg::{RecordText, TrafficRecord};
+use crate::msg::{Captured, RecordText, TrafficRecord};
 use crate::route::{MAX_HOST_LEN, normalize_host};
 
 /// Initial capacity of a connection's buffers (grown up to the configured limits).
@@ -41,6 +42,9 @@ pub struct Conn {
     pub outcome: Outcome,
     /// The current request's traffic record (when recording is on).
     pub draft: Option<RecordDraft>,
+    /// Body bytes kept for `[logging.capture]` (armed only for captured hosts).
+    pub request_tap: Tap,
+    pub response_tap: Tap,
 }
 
 /// The result of one request, filled in as it goes.
@@ -85,6 +89,8 @@ pub struct RecordDraft {
     ends: [u32; RecordText::COUNT],
     /// Dispa made the id up (the client sent none): it goes upstream as X-Request-Id.
     pub generated_id: bool,
+    /// The host is under `[logging.capture]`: headers kept so far (bodies are in the taps).
+    pub capture: Option<Box<Captured>>,
 }
 
 impl RecordDraft {
@@ -146,6 +152,8 @@ pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
         linger: false,
         outcome: Outcome::default(),
         draft: None,
+        request_tap: Tap::default(),
+        response_tap: Tap::default(),
     };
     let slot = worker
         .open_sockets()
@@ -272,7 +280,7 @@ impl Conn {
         let rule = host.and_then(|h| active.snapshot.routes.lookup(h));
         self.worker.stats.requests.inc();
         if active.snapshot.config.logging.enabled {
-            self.begin_record(&head, host);
+            self.begin_record(active, &head, host);
         }
         let limit = active.snapshot.config.limits.max_body_bytes;
         let next = match rule {
@@ -319,11 +327,12 @@ impl Conn {
             text: String::with_capacity(160),
             ends: [0; RecordText::COUNT],
             generated_id: false,
+            capture: None,
         }
     }
 
     /// Copy what the record needs from the head while it is still in the buffer.
-    fn begin_record(&mut self, head: &RequestHead, host: Option<&str>) {
+    fn begin_record(&mut self, active: &Active, head: &RequestHead, host: Option<&str>) {
         let data = self.rbuf.data();
         let mut draft = self.new_draft(head.minor_version);
         match field(data, &head.fields, b"x-request-id").and_then(usable_request_id) {
@@ -349,6 +358,28 @@ impl Conn {
         draft.push_bytes(RecordText::Query, query);
         let ua = field(data, &head.fields, b"user-agent").unwrap_or_default();
         draft.push_bytes(RecordText::UserAgent, ua);
+        let captured = active
+            .snapshot
+            .capture
+            .as_ref()
+            .zip(host)
+            .is_some_and(|(c, h)| c.intercepts(h));
+        let room = if captured {
+            let settings = &active.snapshot.config.logging.capture;
+            let mut c = Box::<Captured>::default();
+            Captured::keep_fields(
+                &mut c.request_headers,
+                data,
+                &head.fields,
+                &settings.request_headers,
+            );
+            draft.capture = Some(c);
+            settings.max_body_bytes
+        } else {
+            0
+        };
+        self.request_tap.arm(room);
+        self.response_tap.arm(room);
         self.draft = Some(draft);
     }
 
@@ -376,6 +407,11 @@ impl Conn {
             error: o.error,
             text: d.text,
             ends: d.ends,
+            capture: d.capture.map(|mut c| {
+                c.request_body = self.request_tap.take();
+                c.response_body = self.response_tap.take();
+                c
+            }),
         });
     }
 

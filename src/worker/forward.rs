@@ -16,6 +16,7 @@ use crate::config::{Config, TargetSpec};
 use crate::http::encode::{self, ClientFraming, Forward};
 use crate::http::parse::{field, parse_response};
 use crate::http::{Body, RequestHead, ResponseHead, canned};
+use crate::msg::Captured;
 
 /// Bodies up to this size that are already buffered go out in the same write as the head.
 const INLINE_BODY: u64 = 16 * 1024;
@@ -124,6 +125,7 @@ pub async fn exchange(conn: &mut Conn, active: &Active, head: RequestHead) -> Ne
         && conn.rbuf.len() as u64 >= n
     {
         conn.out.extend_from_slice(&conn.rbuf.data()[..n as usize]);
+        conn.request_tap.keep(&conn.rbuf.data()[..n as usize]);
         conn.rbuf.consume(n as usize);
         conn.outcome.request_bytes = n;
         body_sent = true;
@@ -309,14 +311,17 @@ async fn send_request(
     let to_up = Pace {
         read: timeouts.client_body,
         write: timeouts.send,
+        limit: cfg.limits.max_body_bytes,
     };
-    let (client, rbuf, out) = (&mut conn.client, &mut conn.rbuf, &mut conn.out);
+    let (client, rbuf, out, tap) = (
+        &mut conn.client,
+        &mut conn.rbuf,
+        &mut conn.out,
+        &mut conn.request_tap,
+    );
     let sent = match head.body {
-        Body::Length(n) => relay::length(client, rbuf, &mut up.stream, n, to_up).await,
-        Body::Chunked => {
-            let limit = cfg.limits.max_body_bytes;
-            relay::chunked(client, rbuf, &mut up.stream, out, true, limit, to_up).await
-        }
+        Body::Length(n) => relay::length(client, rbuf, &mut up.stream, n, to_up, tap).await,
+        Body::Chunked => relay::chunked(client, rbuf, &mut up.stream, out, true, to_up, tap).await,
         Body::None | Body::Close => Ok(0),
     };
     match sent {
@@ -519,6 +524,10 @@ async fn respond(
         head.minor_version,
         client_keep,
     );
+    if let Some(c) = conn.draft.as_mut().and_then(|d| d.capture.as_mut()) {
+        let names = &cfg.logging.capture.response_headers;
+        Captured::keep_fields(&mut c.response_headers, conn.ubuf.data(), &r.fields, names);
+    }
     conn.ubuf.consume(r.head_len);
     conn.outcome.status = r.status;
 
@@ -528,6 +537,7 @@ async fn respond(
         && conn.ubuf.len() as u64 >= n
     {
         conn.out.extend_from_slice(&conn.ubuf.data()[..n as usize]);
+        conn.response_tap.keep(&conn.ubuf.data()[..n as usize]);
         conn.ubuf.consume(n as usize);
         conn.outcome.response_bytes = n;
         body_done = true;
@@ -549,6 +559,7 @@ async fn respond(
         let to_client = Pace {
             read: active.snapshot.targets[idx].response_timeout,
             write: cfg.timeouts.send,
+            limit: 0,
         };
         let rechunk = framing == ClientFraming::Chunked;
         let relayed = match r.body {
@@ -559,6 +570,7 @@ async fn respond(
                     &mut conn.client,
                     n,
                     to_client,
+                    &mut conn.response_tap,
                 )
                 .await
             }
@@ -569,8 +581,8 @@ async fn respond(
                     &mut conn.client,
                     &mut conn.out,
                     rechunk,
-                    0,
                     to_client,
+                    &mut conn.response_tap,
                 )
                 .await
             }
@@ -583,6 +595,7 @@ async fn respond(
                     &mut conn.out,
                     rechunk,
                     to_client,
+                    &mut conn.response_tap,
                 )
                 .await
             }

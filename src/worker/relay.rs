@@ -35,11 +35,43 @@ pub enum ReadFailure {
     Io,
 }
 
-/// Timeouts for one direction.
+/// How one direction is relayed: its timeouts and how many body bytes it may carry.
 #[derive(Clone, Copy)]
 pub struct Pace {
     pub read: Duration,
     pub write: Duration,
+    /// Body bytes allowed (0: no limit); more end the relay with [`RelayError::TooLarge`].
+    pub limit: u64,
+}
+
+/// The first bytes of a body, kept for the traffic record (`[logging.capture]`). An
+/// unarmed tap keeps nothing and costs one comparison per read.
+#[derive(Debug, Default)]
+pub struct Tap {
+    data: Vec<u8>,
+    room: usize,
+}
+
+impl Tap {
+    /// Keep up to `room` bytes of the next body (forgetting the last one).
+    pub fn arm(&mut self, room: usize) {
+        self.data.clear();
+        self.room = room;
+    }
+
+    pub fn keep(&mut self, bytes: &[u8]) {
+        if self.room > 0 {
+            let n = bytes.len().min(self.room);
+            self.data.extend_from_slice(&bytes[..n]);
+            self.room -= n;
+        }
+    }
+
+    /// What was kept; the tap is unarmed afterwards.
+    pub fn take(&mut self) -> Vec<u8> {
+        self.room = 0;
+        std::mem::take(&mut self.data)
+    }
 }
 
 async fn fill(src: &mut TcpStream, buf: &mut ReadBuf, pace: Pace) -> Result<usize, RelayError> {
@@ -77,11 +109,13 @@ pub async fn length(
     dst: &mut TcpStream,
     mut remaining: u64,
     pace: Pace,
+    tap: &mut Tap,
 ) -> Result<u64, RelayError> {
     let total = remaining;
     loop {
         let n = (buf.len() as u64).min(remaining) as usize;
         if n > 0 {
+            tap.keep(&buf.data()[..n]);
             send_front(dst, buf, n, pace).await?;
             remaining -= n as u64;
         }
@@ -94,15 +128,14 @@ pub async fn length(
 
 /// Relay a chunked body. `rechunk`: re-frame as chunked (else send the bare data, for a
 /// close-delimited HTTP/1.0 response). Trailers are dropped. Returns the data bytes.
-/// More than `limit` data bytes (0: no limit) end the relay with [`RelayError::TooLarge`].
 pub async fn chunked(
     src: &mut TcpStream,
     buf: &mut ReadBuf,
     dst: &mut TcpStream,
     out: &mut Vec<u8>,
     rechunk: bool,
-    limit: u64,
     pace: Pace,
+    tap: &mut Tap,
 ) -> Result<u64, RelayError> {
     let mut decoder = ChunkedDecoder::new();
     let mut total = 0u64;
@@ -122,12 +155,13 @@ pub async fn chunked(
                         chunk_header(out, n);
                     }
                     out.extend_from_slice(&data[pos..pos + n]);
+                    tap.keep(&data[pos..pos + n]);
                     if rechunk {
                         out.extend_from_slice(b"\r\n");
                     }
                     pos += n;
                     total += n as u64;
-                    if limit > 0 && total > limit {
+                    if pace.limit > 0 && total > pace.limit {
                         return Err(RelayError::TooLarge);
                     }
                 }
@@ -160,12 +194,14 @@ pub async fn until_close(
     out: &mut Vec<u8>,
     rechunk: bool,
     pace: Pace,
+    tap: &mut Tap,
 ) -> Result<u64, RelayError> {
     let mut total = 0u64;
     loop {
         let n = buf.len();
         if n > 0 {
             total += n as u64;
+            tap.keep(buf.data());
             if rechunk {
                 out.clear();
                 chunk_header(out, n);

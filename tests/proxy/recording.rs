@@ -422,3 +422,62 @@ fn a_malformed_request_after_a_good_one_is_recorded_on_its_own() {
     assert_eq!(json_field(bad, "upstream_us"), "null");
     assert_eq!(json_field(bad, "error"), "bad_request");
 }
+
+#[test]
+fn capture_keeps_selected_headers_and_the_first_body_bytes_for_chosen_hosts_only() {
+    let b = Backend::named("b");
+    let dir = scratch_dir("rec-capture");
+    let capture = "[logging.capture]\ndomains = [\"example.com\"]\nrequest_headers = [\"Content-Type\", \"x-a\"]\nresponse_headers = [\"x-backend\"]\nmax_body_bytes = 4\n";
+    let p = proxy(&recording_config(&[b.addr], &dir, capture));
+    let mut c = Client::connect(p.local_addr());
+    c.send(b"POST /cap HTTP/1.1\r\nHost: example.com\r\nContent-Type: text/plain\r\nX-A: 1\r\nX-Other: no\r\nX-A: 2\r\nContent-Length: 11\r\n\r\nhello world");
+    assert_eq!(c.read_response(false).text(), "b:/cap");
+    c.send(b"POST /chunks HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n4\r\ncdef\r\n0\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 200);
+    c.send(b"POST /plain HTTP/1.1\r\nHost: a.test.com\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!(c.read_response(false).status, 200);
+    drop(p);
+
+    let conn = rusqlite::Connection::open(dir.join("traffic.db")).unwrap();
+    type Row = (
+        Option<String>,
+        Option<String>,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+    );
+    let rows: Vec<Row> = conn
+        .prepare("SELECT request_headers, response_headers, request_body, response_body FROM requests ORDER BY rowid")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(
+        rows[0],
+        (
+            Some(r#"[["Content-Type","text/plain"],["X-A","1"],["X-A","2"]]"#.to_string()),
+            Some(r#"[["X-Backend","b"]]"#.to_string()),
+            Some(b"hell".to_vec()),
+            Some(b"b:/c".to_vec()),
+        )
+    );
+    // A chunked body is kept decoded.
+    assert_eq!(rows[1].2.as_deref(), Some(&b"abcd"[..]));
+    assert_eq!(rows[1].0.as_deref(), Some("[]"));
+    // Hosts outside `domains` keep nothing.
+    assert_eq!(rows[2], (None, None, None, None));
+
+    let lines = gz_lines(&dir.join("logs"));
+    assert_eq!(lines.len(), 3);
+    assert!(
+        lines[0].contains(
+            r#""request_headers":[["Content-Type","text/plain"],["X-A","1"],["X-A","2"]]"#
+        ),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(json_field(&lines[0], "request_body_b64"), "aGVsbA==");
+    assert_eq!(json_field(&lines[0], "response_body_b64"), "YjovYw==");
+    assert!(!lines[2].contains("request_headers"), "{}", lines[2]);
+}
