@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
 # Side-by-side load test on loopback: direct-to-backend, Dispa, nginx and HAProxy as
 # reverse proxies, interleaved (A B C D A B C D ...), each proxy with one worker pinned to
-# CPU $PROXY_CPU while wrk and the nginx backend share CPU $LOAD_CPU.
-# Prints one Markdown table: median RPS (and spread), p50/p99 latency, and proxy CPU time
-# per request from /proc/PID/stat. Every process started here is stopped by PID.
+# CPU $PROXY_CPU while wrk and the nginx backend share CPU $LOAD_CPU. For every workload
+# it prints one Markdown table: median RPS (and spread), p50/p99/p99.9 latency, proxy CPU
+# time per request (from /proc/PID/stat of every proxy process), the proxy's peak RSS,
+# upstream connections opened per 1,000 requests (from the backend's stub_status), errors,
+# and ratios against nginx and direct. Every process started here is stopped by PID, also
+# when the script is interrupted; every load run is bounded by $DURATION.
 #
-#   scripts/bench.sh                 # 3 rounds x 10 s, 50 connections
+#   scripts/bench.sh                                   # keep-alive, 5-byte body, 3 x 10 s
+#   WORKLOADS="small close 16k 1m c1000 c10000 post rate" scripts/bench.sh   # all of them
 #   ROUNDS=5 DURATION=15 CONNS=100 scripts/bench.sh
+#   SCENARIOS="dispa dispa-norec nginx" LOG=on scripts/bench.sh   # the cost of recording
 #   SCENARIOS="dispa dispa-plain dispa-defer dispa-epoll nginx" scripts/bench.sh   # ring flags
-#   SCENARIOS="dispa dispa-norec nginx" scripts/bench.sh          # the cost of recording
+#
+# Workloads: small (keep-alive GET, 5-byte body), close (Connection: close per request),
+# 16k / 1m (static 16 KiB / 1 MiB bodies), c1000 / c10000 (1,000 / 10,000 keep-alive
+# connections), post (chunked 16 KiB uploads), rate (a fixed rate, $RATE or half of
+# nginx's small-body median, for latency without saturation; needs oha).
+# Dispa records every request (gzip files + SQLite) except in dispa-norec; LOG=on turns on
+# nginx's and HAProxy's access logs (to files), the fair comparison with recording.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,13 +28,21 @@ DURATION=${DURATION:-10}
 CONNS=${CONNS:-50}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
-NGINX_LOG=${NGINX_LOG:-off}          # "on" writes nginx's access log to a file
+LOG=${LOG:-${NGINX_LOG:-off}}
+WORKLOADS=${WORKLOADS:-small}
 SCENARIOS=${SCENARIOS:-"direct dispa nginx haproxy"}
+RATE=${RATE:-auto}
 BACKEND_PORT=18091 NGINX_PORT=18093 HAPROXY_PORT=18094 DISPA_PORT=18100
 
 need() { command -v "$1" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
-need wrk wrk; need nginx nginx-light; need haproxy haproxy
+need wrk wrk; need nginx nginx-light; need haproxy haproxy; need curl curl
 [ -x target/release/dispa ] || cargo build --release
+# Every process here may use as many files as the hard limit allows. A proxy holds a
+# client and an upstream connection per request in flight, so "c10000" is capped at
+# half the limit (a container's hard limit of 20,000 gives 9,900 connections).
+NOFILE=$(ulimit -Hn); [ "$NOFILE" = unlimited ] && NOFILE=1048576
+ulimit -n "$NOFILE"
+HUGE=${HUGE:-$(( (NOFILE - 200) / 2 < 10000 ? (NOFILE - 200) / 2 : 10000 ))}
 
 WORK=$(mktemp -d /tmp/dispa-bench.XXXXXX)
 PIDS=()
@@ -35,17 +54,24 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# --- backend: nginx, one worker, 5-byte body ---------------------------------------------
+# --- backend: nginx, one worker: 5-byte answers, static 16 KiB and 1 MiB files -----------
+mkdir -p "$WORK/www"
+head -c 16384 /dev/zero | tr '\0' 'a' > "$WORK/www/16k"
+head -c 1048576 /dev/zero | tr '\0' 'b' > "$WORK/www/1m"
+chmod 755 "$WORK" "$WORK/www"; chmod 644 "$WORK/www/"*   # nginx workers run unprivileged
 cat > "$WORK/backend.conf" <<CONF
 worker_processes 1; daemon off; pid $WORK/backend.pid; error_log $WORK/backend.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$BACKEND_PORT reuseport; location / { return 200 "hello"; } } }
+worker_rlimit_nofile $NOFILE;
+events { worker_connections 30000; }
+http { access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
+  server { listen 127.0.0.1:$BACKEND_PORT reuseport backlog=16384; root $WORK/www;
+    location = / { return 200 "hello"; }
+    location = /upload { return 200 "ok"; }
+    location = /stub { stub_status; } } }
 CONF
 taskset -c "$LOAD_CPU" nginx -c "$WORK/backend.conf" -e "$WORK/backend.err" & PIDS+=($!)
 
 # --- Dispa (and variants of it: dispa-epoll, dispa-plain, dispa-defer, dispa-norec) ----------
-# Every variant records all traffic (gzip files + SQLite, under $WORK) except dispa-norec.
 declare -A DISPA_PIDS DISPA_PORTS
 dispa_extra() {
   case $1 in
@@ -69,6 +95,7 @@ for s in $SCENARIOS; do
 [server]
 bind = "127.0.0.1:$port"
 workers = 1
+backlog = 16384
 $(dispa_extra "$s")
 [domains]
 intercept_domains = ["example.com"]
@@ -86,26 +113,32 @@ CONF
 done
 
 # --- nginx as a reverse proxy -------------------------------------------------------------
-if [ "$NGINX_LOG" = on ]; then NLOG="access_log $WORK/nginx-access.log;"; else NLOG="access_log off;"; fi
+if [ "$LOG" = on ]; then NLOG="access_log $WORK/nginx-access.log;"; else NLOG="access_log off;"; fi
 cat > "$WORK/nginx.conf" <<CONF
 worker_processes 1; daemon off; pid $WORK/nginx.pid; error_log $WORK/nginx.err;
-events { worker_connections 4096; }
-http { $NLOG keepalive_requests 1000000;
-  upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 64; }
-  server { listen 127.0.0.1:$NGINX_PORT reuseport; server_name example.com;
+worker_rlimit_nofile $NOFILE;
+events { worker_connections 30000; }
+http { $NLOG keepalive_requests 1000000; client_max_body_size 0;
+  upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 1024; keepalive_requests 1000000; }
+  server { listen 127.0.0.1:$NGINX_PORT reuseport backlog=16384; server_name example.com;
     location / { proxy_pass http://backend; proxy_http_version 1.1;
-      proxy_set_header Connection ""; proxy_set_header Host \$host; } } }
+      proxy_set_header Connection ""; proxy_set_header Host \$host;
+      proxy_request_buffering off; } } }
 CONF
 taskset -c "$PROXY_CPU" nginx -c "$WORK/nginx.conf" -e "$WORK/nginx.err" & PIDS+=($!)
 NGINX_PID=$!
 
 # --- HAProxy --------------------------------------------------------------------------------
+if [ "$LOG" = on ]; then HLOG="  log stdout format raw local0"; HOPT="  option httplog"; else HLOG=""; HOPT=""; fi
 cat > "$WORK/haproxy.cfg" <<CONF
 global
   nbthread 1
-  maxconn 8000
+  maxconn $(( (NOFILE - 200) / 2 ))
+$HLOG
 defaults
   mode http
+  log global
+$HOPT
   timeout connect 5s
   timeout client 60s
   timeout server 60s
@@ -116,7 +149,7 @@ frontend fe
 backend be
   server s1 127.0.0.1:$BACKEND_PORT
 CONF
-taskset -c "$PROXY_CPU" haproxy -db -f "$WORK/haproxy.cfg" 2>"$WORK/haproxy.err" & PIDS+=($!)
+taskset -c "$PROXY_CPU" haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy-access.log" 2>"$WORK/haproxy.err" & PIDS+=($!)
 HAPROXY_PID=$!
 
 wait_port() {
@@ -125,7 +158,7 @@ wait_port() {
 }
 for p in $BACKEND_PORT "${DISPA_PORTS[@]}" $NGINX_PORT $HAPROXY_PORT; do wait_port "$p"; done
 
-# CPU ticks (utime+stime) of a process and all its children (nginx's worker).
+# CPU ticks (utime+stime) of a process and its children (nginx's worker), and peak RSS.
 ticks() {
   local total=0 pid
   for pid in $1 $(pgrep -P "$1" || true); do
@@ -133,56 +166,144 @@ ticks() {
   done
   echo "$total"
 }
+peak_rss_kib() {
+  local total=0 pid
+  for pid in $1 $(pgrep -P "$1" || true); do
+    total=$((total + $(awk '/VmHWM/ {print $2}' "/proc/$pid/status")))
+  done
+  echo "$total"
+}
+backend_accepts() { curl -s "http://127.0.0.1:$BACKEND_PORT/stub" | awk 'NR == 3 {print $1}'; }
 HZ=$(getconf CLK_TCK)
 
 port_of() { case $1 in direct) echo $BACKEND_PORT;; dispa*) echo "${DISPA_PORTS[$1]}";; nginx) echo $NGINX_PORT;; haproxy) echo $HAPROXY_PORT;; esac; }
 pid_of() { case $1 in direct) echo "";; dispa*) echo "${DISPA_PIDS[$1]}";; nginx) echo $NGINX_PID;; haproxy) echo $HAPROXY_PID;; esac; }
 
-# Warm up every path once.
-for s in $SCENARIOS; do taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s -H 'Host: example.com' "http://127.0.0.1:$(port_of "$s")/" >/dev/null; done
+# wrk scripts: p99.9 on exit (wrk --latency stops at p99), and a chunked 16 KiB upload.
+cat > "$WORK/latency.lua" <<'LUA'
+done = function(summary, latency, requests)
+  io.write(string.format("P999 %d\n", latency:percentile(99.9)))
+end
+LUA
+cat "$WORK/latency.lua" > "$WORK/post.lua"
+cat >> "$WORK/post.lua" <<'LUA'
+local chunk = string.rep("x", 4096)
+local body = ""
+for i = 1, 4 do body = body .. string.format("%x", #chunk) .. "\r\n" .. chunk .. "\r\n" end
+local req = "POST /upload HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n" .. body .. "0\r\n\r\n"
+request = function() return req end
+LUA
 
+HAS_OHA=0; command -v oha >/dev/null 2>&1 && HAS_OHA=1
 RESULTS="$WORK/results.txt"; : > "$RESULTS"
-for round in $(seq "$ROUNDS"); do
-  for s in $SCENARIOS; do
-    pid=$(pid_of "$s")
-    before=0; [ -n "$pid" ] && before=$(ticks "$pid")
-    out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H 'Host: example.com' "http://127.0.0.1:$(port_of "$s")/")
-    after=0; [ -n "$pid" ] && after=$(ticks "$pid")
+
+# One bounded load run of workload $1 against scenario $2; appends a line to $RESULTS.
+run() {
+  local w=$1 s=$2 round=$3 path=/ conns=$CONNS args=(-s "$WORK/latency.lua")
+  case $w in
+    small) ;;
+    close) args+=(-H 'Connection: close');;
+    16k) path=/16k;;
+    1m) path=/1m;;
+    c1000) conns=1000;;
+    c10000) conns=$HUGE;;
+    post) path=/upload; args=(-s "$WORK/post.lua");;
+    rate) ;;
+    *) echo "unknown workload $w" >&2; exit 2;;
+  esac
+  local pid before=0 after=0 acc_before acc_after out rps reqs p50 p99 p999 errs
+  pid=$(pid_of "$s")
+  acc_before=$(backend_accepts)
+  [ -n "$pid" ] && before=$(ticks "$pid")
+  if [ "$w" = rate ]; then
+    out=$(taskset -c "$LOAD_CPU" oha -z "${DURATION}s" -q "$RATE_RPS" -c "$CONNS" --no-tui \
+      -H 'Host: example.com' "http://127.0.0.1:$(port_of "$s")/" 2>&1)
+    rps=$(awk '/Requests\/sec:/ {print $2}' <<<"$out")
+    reqs=$(awk -v r="$rps" -v d="$DURATION" 'BEGIN {printf "%d", r * d}')
+    p50=$(awk '$1 == "50.00%" {print $3 "s"}' <<<"$out"); p99=$(awk '$1 == "99.00%" {print $3 "s"}' <<<"$out")
+    p999=$(awk '$1 == "99.90%" {print $3 "s"}' <<<"$out")
+    errs=$(awk '/\[[0-9]+\]/ && !/\[200\]/ {print}' <<<"$out" | tr '\n' ' ')
+  else
+    out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"${DURATION}s" --timeout 5s --latency "${args[@]}" \
+      -H 'Host: example.com' "http://127.0.0.1:$(port_of "$s")$path")
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     p50=$(awk '$1=="50%" {print $2}' <<<"$out"); p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+    p999="$(awk '$1=="P999" {print $2}' <<<"$out")us"
     errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
-    cpu_us=$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN { if (t > 0) printf "%.2f", t / hz * 1e6 / n; else print "-" }')
-    echo "$s $round $rps $p50 $p99 $cpu_us ${errs:-none}" | tee -a "$RESULTS" >&2
+  fi
+  [ -n "$pid" ] && after=$(ticks "$pid")
+  acc_after=$(backend_accepts)
+  local cpu_us rss up
+  cpu_us=$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN { if (t > 0 && n > 0) printf "%.2f", t / hz * 1e6 / n; else print "-" }')
+  rss=-; [ -n "$pid" ] && rss=$(peak_rss_kib "$pid")
+  # Minus the one stub_status request itself.
+  up=$(awk -v a=$((acc_after - acc_before - 1)) -v n="$reqs" 'BEGIN { if (n > 0) printf "%.2f", a * 1000 / n; else print "-" }')
+  echo "$w $s $round $rps $p50 $p99 $p999 $cpu_us $rss $up ${errs:-none}" | tee -a "$RESULTS" >&2
+}
+
+RATE_RPS=$RATE
+for w in $WORKLOADS; do
+  if [ "$w" = rate ]; then
+    if [ "$HAS_OHA" = 0 ]; then echo "rate: oha not installed (cargo install oha --locked); skipped" >&2; continue; fi
+    if [ "$RATE" = auto ]; then
+      RATE_RPS=$(awk '$1 == "small" && $2 == "nginx" {print $4}' "$RESULTS" | sort -n | awk '{a[NR] = $1} END {if (NR) printf "%d", a[int((NR + 1) / 2)] / 2; else print 30000}')
+    fi
+    echo "rate: $RATE_RPS requests/s" >&2
+  fi
+  # Warm up every path once (short, fewer connections).
+  for s in $SCENARIOS; do
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -H 'Host: example.com' "http://127.0.0.1:$(port_of "$s")/" >/dev/null
+  done
+  for round in $(seq "$ROUNDS"); do
+    for s in $SCENARIOS; do run "$w" "$s" "$round"; done
   done
 done
 
 # Records dropped by each recording Dispa (must be 0), from its metrics endpoint.
+DROPS=""
 for s in $SCENARIOS; do
   case $s in dispa-norec|direct|nginx|haproxy) continue;; esac
   port=${DISPA_PORTS[$s]}
-  dropped=$(curl -s "http://127.0.0.1:$((port + 2))/metrics" | awk '$1=="dispa_traffic_records_dropped_total" {print $2}')
-  written=$(curl -s "http://127.0.0.1:$((port + 2))/metrics" | awk '$1=="dispa_traffic_records_total{sink=\"database\"}" {print $2}')
-  echo "$s: traffic records dropped ${dropped:-?}, written to SQLite ${written:-?}" >&2
+  metrics=$(curl -s "http://127.0.0.1:$((port + 2))/metrics")
+  dropped=$(awk '$1=="dispa_traffic_records_dropped_total" {print $2}' <<<"$metrics")
+  written=$(awk '$1=="dispa_traffic_records_total{sink=\"database\"}" {print $2}' <<<"$metrics")
+  DROPS="$DROPS$s: traffic records dropped ${dropped:-?}, written to SQLite ${written:-?}. "
 done
 
-python3 - "$RESULTS" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" <<'PY'
+python3 - "$RESULTS" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$DROPS" "$LOG" <<'PY'
 import statistics, sys
-rows = [l.split(None, 6) for l in open(sys.argv[1]) if l.strip()]
+rows = [l.split(None, 10) for l in open(sys.argv[1]) if l.strip()]
+def ms(t):
+    t = t.strip()
+    for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if t.endswith(unit):
+            try: return float(t[: -len(unit)]) * f
+            except ValueError: return None
+    return None
 by = {}
-for s, _r, rps, p50, p99, cpu, errs in rows:
-    by.setdefault(s, []).append((float(rps), p50, p99, cpu, errs.strip()))
-def med(xs): return statistics.median(xs)
-base = {s: med([r[0] for r in v]) for s, v in by.items()}
-print(f"\ncommit {sys.argv[2]}; rounds per proxy: {len(next(iter(by.values())))}\n")
-print("| scenario | RPS (median) | spread | vs nginx | vs direct | p50 | p99 | proxy CPU µs/request | errors |")
-print("|---|---|---|---|---|---|---|---|---|")
-for s, v in by.items():
-    rps = [r[0] for r in v]; m = base[s]
-    cpu = [float(r[3]) for r in v if r[3] != "-"]
-    vs_n = f"{m / base['nginx']:.2f}x" if "nginx" in base else "-"
-    vs_d = f"{m / base['direct']:.2f}x" if "direct" in base else "-"
-    mid = sorted(v, key=lambda r: r[0])[len(v) // 2]
-    print(f"| {s} | {m:,.0f} | {min(rps):,.0f}-{max(rps):,.0f} | {vs_n} | {vs_d} | {mid[1]} | {mid[2]} | "
-          f"{(f'{med(cpu):.2f}' if cpu else '-')} | {mid[4] if mid[4] != 'none' else '0'} |")
+for w, s, _r, rps, p50, p99, p999, cpu, rss, up, errs in rows:
+    by.setdefault(w, {}).setdefault(s, []).append(
+        (float(rps or 0), ms(p50), ms(p99), ms(p999), cpu, rss, up, errs.strip()))
+print(f"\ncommit {sys.argv[2]}; access logs {sys.argv[4]}; {sys.argv[3]}")
+def med(xs): return statistics.median(xs) if xs else None
+def fmt(x, f): return "-" if x is None else f.format(x)
+for w, scen in by.items():
+    base = {s: med([r[0] for r in v]) for s, v in scen.items()}
+    print(f"\n### {w}\n")
+    print("| scenario | RPS (median) | spread | vs nginx | vs direct | p50 ms | p99 ms | p99.9 ms | proxy CPU µs/request | peak RSS MiB | upstream conns / 1k req | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for s, v in scen.items():
+        rps = [r[0] for r in v]; m = base[s]
+        lat = [med([r[i] for r in v if r[i] is not None]) for i in (1, 2, 3)]
+        cpu = [float(r[4]) for r in v if r[4] != "-"]
+        rss = max((int(r[5]) for r in v if r[5] != "-"), default=None)
+        up = [float(r[6]) for r in v if r[6] != "-"]
+        errs = [r[7] for r in v if r[7] != "none"]
+        vs_n = f"{m / base['nginx']:.2f}x" if base.get("nginx") else "-"
+        vs_d = f"{m / base['direct']:.2f}x" if base.get("direct") else "-"
+        print(f"| {s} | {m:,.0f} | {min(rps):,.0f}-{max(rps):,.0f} | {vs_n} | {vs_d} | "
+              f"{fmt(lat[0], '{:.2f}')} | {fmt(lat[1], '{:.2f}')} | {fmt(lat[2], '{:.2f}')} | "
+              f"{fmt(med(cpu), '{:.2f}')} | {fmt(rss and rss / 1024, '{:.1f}')} | {fmt(med(up), '{:.2f}')} | "
+              f"{'; '.join(errs) if errs else '0'} |")
 PY

@@ -79,9 +79,11 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // WAL + NORMAL: a batch survives a process crash; only an OS crash may lose the last.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    // Index pages stay in memory between batches, and the WAL is copied back (with its
-    // fsyncs) every ~40 MB instead of every 4 MB: measured 9.7 -> 6.3 µs per record.
-    conn.pragma_update(None, "cache_size", -32_000)?;
+    // Rows and index entries are appended in time order, so a batch touches few pages:
+    // a 4 MiB page cache costs the same per record as 32 MiB (sink_cost: 3.07 vs 2.98 µs)
+    // and keeps the process small. The WAL is copied back (with its fsyncs) every ~40 MB
+    // instead of every 4 MB.
+    conn.pragma_update(None, "cache_size", -4000)?;
     conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
     migrate(&mut conn)?;
     Ok(conn)

@@ -18,8 +18,12 @@ use crate::http::parse::{field, parse_response};
 use crate::http::{Body, RequestHead, ResponseHead, canned};
 use crate::msg::Captured;
 
-/// Bodies up to this size that are already buffered go out in the same write as the head.
+/// Request bodies up to this size that are already buffered go upstream with the head (and
+/// can then be sent again on a fresh connection).
 const INLINE_BODY: u64 = 16 * 1024;
+
+/// Response bodies up to this size are sent with their head in one write.
+const INLINE_RESPONSE: u64 = 64 * 1024;
 
 /// What the connection does after an exchange.
 pub enum Next {
@@ -531,9 +535,34 @@ async fn respond(
     conn.ubuf.consume(r.head_len);
     conn.outcome.status = r.status;
 
+    // A body of at most INLINE_RESPONSE bytes goes out with the head in one write: the
+    // rest of it is read first (it has usually arrived). Each write to the client wakes
+    // it; on 16 KiB responses, head and body in up to four writes cost 39 µs of proxy CPU
+    // per request, one write 14 µs (scripts/bench.sh WORKLOADS=16k).
+    if let Body::Length(n) = r.body
+        && n <= INLINE_RESPONSE
+        && (conn.ubuf.len() as u64) < n
+    {
+        let wait = active.snapshot.targets[idx].response_timeout;
+        let max = r.head_len + n as usize;
+        while (conn.ubuf.len() as u64) < n {
+            match timeout(wait, conn.ubuf.fill(&mut upstream, max)).await {
+                Ok(Ok(k)) if k > 0 => {}
+                // Nothing was sent to the client yet: it gets a clean error answer.
+                Ok(_) => {
+                    conn.out.clear();
+                    return fail(conn, Failure::Answer(502, "target closed mid-response")).await;
+                }
+                Err(_) => {
+                    conn.out.clear();
+                    return fail(conn, Failure::Answer(504, "target stalled mid-response")).await;
+                }
+            }
+        }
+    }
     let mut body_done = r.body == Body::None;
     if let Body::Length(n) = r.body
-        && n <= INLINE_BODY
+        && n <= INLINE_RESPONSE
         && conn.ubuf.len() as u64 >= n
     {
         conn.out.extend_from_slice(&conn.ubuf.data()[..n as usize]);

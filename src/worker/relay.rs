@@ -112,6 +112,9 @@ pub async fn length(
     tap: &mut Tap,
 ) -> Result<u64, RelayError> {
     let total = remaining;
+    if remaining > buf.len() as u64 {
+        buf.ensure_capacity(remaining.min(BODY_BUF_MAX as u64) as usize);
+    }
     loop {
         let n = (buf.len() as u64).min(remaining) as usize;
         if n > 0 {
@@ -139,6 +142,7 @@ pub async fn chunked(
 ) -> Result<u64, RelayError> {
     let mut decoder = ChunkedDecoder::new();
     let mut total = 0u64;
+    buf.ensure_capacity(BODY_BUF_MAX);
     loop {
         out.clear();
         let mut pos = 0;
@@ -197,6 +201,7 @@ pub async fn until_close(
     tap: &mut Tap,
 ) -> Result<u64, RelayError> {
     let mut total = 0u64;
+    buf.ensure_capacity(BODY_BUF_MAX);
     loop {
         let n = buf.len();
         if n > 0 {

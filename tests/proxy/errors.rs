@@ -92,7 +92,7 @@ fn malformed_requests_are_400_and_never_forwarded() {
         b"POST / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc",
         b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
         b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: +3\r\n\r\nabc",
-        b"POST / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost : example.com\r\n\r\n",
         b"GET / HTTP/1.1\r\nUser-Agent: x\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: example.com\r\nHost: example.com\r\n\r\n",
@@ -293,5 +293,34 @@ fn error_answer_survives_an_unread_request_body() {
     c.send(&vec![b'x'; 100_000]);
     let r = c.read_response(false);
     assert_eq!(r.status, 404);
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+}
+
+/// Bodies up to 64 KiB are collected before anything is sent (head and body in one
+/// write): one arriving in pieces is complete, one that breaks off is a clean 502.
+#[test]
+fn a_body_arriving_in_pieces_is_whole_and_one_breaking_off_is_a_clean_502() {
+    let b = Backend::start(Arc::new(|req: &Seen, s: &mut TcpStream| {
+        let body = vec![b'x'; 40_000];
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+        let mut all = head.into_bytes();
+        all.extend_from_slice(&body);
+        let cut = all.len() / 2;
+        let _ = s.write_all(&all[..cut]);
+        let _ = s.flush();
+        std::thread::sleep(Duration::from_millis(50));
+        if req.request_line().contains("/break") {
+            return Reply::Close;
+        }
+        let _ = s.write_all(&all[cut..]);
+        Reply::KeepAlive
+    }));
+    let p = proxy(&config(&[b.addr], "round_robin", ""));
+    let mut c = Client::connect(p.local_addr());
+    let r = c.get("example.com", "/whole");
+    assert_eq!((r.status, r.body.len()), (200, 40_000));
+    assert!(r.body.iter().all(|&x| x == b'x'));
+    let r = c.get("example.com", "/break");
+    assert_eq!(r.status, 502, "{}", r.head);
     assert_eq!(r.header("connection").as_deref(), Some("close"));
 }
