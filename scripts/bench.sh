@@ -220,9 +220,12 @@ run() {
       -H 'Host: example.com' "http://127.0.0.1:$(port_of "$s")/" 2>&1)
     rps=$(awk '/Requests\/sec:/ {print $2}' <<<"$out")
     reqs=$(awk -v r="$rps" -v d="$DURATION" 'BEGIN {printf "%d", r * d}')
-    p50=$(awk '$1 == "50.00%" {print $3 "s"}' <<<"$out"); p99=$(awk '$1 == "99.00%" {print $3 "s"}' <<<"$out")
-    p999=$(awk '$1 == "99.90%" {print $3 "s"}' <<<"$out")
-    errs=$(awk '/\[[0-9]+\]/ && !/\[200\]/ {print}' <<<"$out" | tr '\n' ' ')
+    # "  99.00% in 1.2345 ms"
+    p50=$(awk '$1 == "50.00%" {print $3 $4}' <<<"$out"); p99=$(awk '$1 == "99.00%" {print $3 $4}' <<<"$out")
+    p999=$(awk '$1 == "99.90%" {print $3 $4}' <<<"$out")
+    # Statuses other than 200, and errors other than oha's own cut-off at the deadline.
+    errs=$(awk '/^Status code distribution/ {s = 1; next} /^Error distribution/ {e = 1; next}
+      /^[^ ]/ {s = 0; e = 0} s && /\[/ && !/\[200\]/ {print} e && /\[/ && !/deadline/ {print}' <<<"$out" | tr '\n' ' ')
   else
     out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"${DURATION}s" --timeout 5s --latency "${args[@]}" \
       -H 'Host: example.com' "http://127.0.0.1:$(port_of "$s")$path")

@@ -64,6 +64,9 @@ fn ascii(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).unwrap_or_default()
 }
 
+/// Rows inserted between two offers of the CPU to other threads (see [`SqliteSink::write`]).
+const YIELD_EVERY: usize = 64;
+
 /// Rows deleted per retention statement, and statements per pass.
 const RETENTION_CHUNK: usize = 2000;
 const RETENTION_CHUNKS_PER_PASS: usize = 10;
@@ -147,8 +150,14 @@ impl SqliteSink {
             // Addresses are formatted into reused buffers: no allocation per row.
             let (mut client, mut target_addr) = (Vec::with_capacity(64), Vec::with_capacity(64));
             let (mut request_headers, mut response_headers) = (Vec::new(), Vec::new());
-            for r in records {
+            for (i, r) in records.iter().enumerate() {
                 use RecordText::*;
+                if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                    // A batch is ~3 ms of CPU; a worker sharing this CPU would wait for
+                    // the scheduler to take it away (p99 4.4 ms instead of 1 ms). Every
+                    // ~0.2 ms a runnable worker gets the CPU back; the transaction goes on.
+                    std::thread::yield_now();
+                }
                 client.clear();
                 push_ip(&mut client, r.client);
                 target_addr.clear();
