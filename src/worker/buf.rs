@@ -135,6 +135,14 @@ impl ReadBuf {
         }
     }
 
+    /// Free the buffer's memory when nothing is left in it.
+    pub fn release(&mut self) {
+        if self.is_empty() {
+            self.vec = Vec::new();
+            self.start = 0;
+        }
+    }
+
     pub fn shrink_if_idle(&mut self, keep: usize) {
         if self.is_empty() && self.vec.capacity() > keep {
             self.vec = Vec::with_capacity(keep);

@@ -20,7 +20,11 @@ use crate::msg::{Captured, RecordText, TrafficRecord};
 use crate::route::{MAX_HOST_LEN, normalize_host};
 
 /// Initial capacity of a connection's buffers (grown up to the configured limits).
-pub const BUF_START: usize = 8 * 1024;
+pub const BUF_START: usize = 4 * 1024;
+/// Capacity of the head scratch buffer kept between requests.
+const OUT_KEEP: usize = 1024;
+/// A keep-alive connection silent for this long gives its buffers back (see `read_head`).
+const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// A client connection and the scratch space its exchanges reuse.
 pub struct Conn {
@@ -217,14 +221,21 @@ impl Conn {
             // (a keep-alive connection may have waited through a reload).
             let active = self.worker.active();
             self.worker.stats.busy_requests.inc();
-            let next = self.handle(&active, head).await;
+            // Boxed: the exchange's state (parsed heads, nested I/O futures; ~16 KiB)
+            // exists only while a request is in flight, not for every idle connection.
+            let next = Box::pin(self.handle(&active, head)).await;
             self.worker.stats.busy_requests.dec();
             match next {
                 Next::KeepAlive if !self.worker.stopping.get() => {}
                 Next::KeepAlive | Next::Close => return None,
                 Next::Tunnel(upstream) => return Some(upstream),
             }
-            self.ubuf.shrink_if_idle(BUF_START);
+            // Between requests a connection keeps only a small read buffer.
+            self.ubuf.shrink_if_idle(0);
+            self.rbuf.shrink_if_idle(BUF_START);
+            if self.out.capacity() > OUT_KEEP {
+                self.out = Vec::with_capacity(OUT_KEEP);
+            }
         }
     }
 
@@ -254,6 +265,35 @@ impl Conn {
                     Err(e) => return Err(NoHead::Reply(e.status(), e.reason())),
                 }
                 deadline.get_or_insert_with(|| Instant::now() + cfg.timeouts.client_head);
+            }
+            if self.rbuf.is_empty() && deadline.is_none() {
+                // Waiting for the next request on a keep-alive connection: read for a
+                // while with a buffer; after PARK_AFTER of silence give every buffer back
+                // and wait for readability without one, so an idle connection costs ~1 KiB
+                // like nginx's instead of its buffers.
+                let keepalive = cfg.timeouts.keepalive;
+                let park = Instant::now() + PARK_AFTER.min(keepalive);
+                match self
+                    .rbuf
+                    .fill_before(&mut self.client, max_head, park)
+                    .await
+                {
+                    Some(Ok(n)) if n > 0 => {
+                        self.worker.stats.bytes_from_clients.add(n as u64);
+                        continue;
+                    }
+                    Some(_) => return Err(NoHead::Quiet),
+                    None if keepalive <= PARK_AFTER => return Err(NoHead::Quiet),
+                    None => {
+                        self.rbuf.release();
+                        self.out = Vec::new();
+                        let rest = keepalive - PARK_AFTER;
+                        match timeout(rest, self.client.readable(false)).await {
+                            Ok(Ok(())) => continue,
+                            _ => return Err(NoHead::Quiet),
+                        }
+                    }
+                }
             }
             let read = self.rbuf.fill(&mut self.client, max_head);
             let res = match deadline {

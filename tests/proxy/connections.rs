@@ -219,3 +219,27 @@ fn stopping_closes_idle_keep_alive_connections() {
     p.shutdown(Duration::from_secs(1));
     assert!(c.is_closed());
 }
+
+/// After a second of silence a keep-alive connection gives its buffers back and waits
+/// without one; it still serves the next request, and the keep-alive timeout still ends it.
+#[test]
+fn a_parked_keep_alive_connection_serves_again_and_still_times_out() {
+    let b = Backend::named("b");
+    let p = proxy(&config(
+        &[b.addr],
+        "round_robin",
+        "[timeouts]\nkeepalive = 2\n",
+    ));
+    let mut c = Client::connect(p.local_addr());
+    assert_eq!(c.get("example.com", "/one").status, 200);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(c.get("example.com", "/two").text(), "b:/two");
+    let idle_from = std::time::Instant::now();
+    assert!(c.is_closed(), "still open after the keep-alive timeout");
+    let waited = idle_from.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(1800)
+            && waited < std::time::Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
+}
