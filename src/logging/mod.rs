@@ -183,6 +183,8 @@ struct Writer {
     file_failing: Failing,
     db_failing: Failing,
     batch: Vec<TrafficRecord>,
+    /// The batch being written may pause for the workers (see `SqliteSink::write`).
+    yield_cpu: bool,
 }
 
 impl Writer {
@@ -193,6 +195,7 @@ impl Writer {
             batch: Vec::with_capacity(settings.batch_size),
             settings,
             stats,
+            yield_cpu: true,
             file_failing: Failing::default(),
             db_failing: Failing::default(),
         }
@@ -249,7 +252,11 @@ impl Writer {
                 Ok(record) => {
                     self.batch.push(record);
                     if self.batch.len() >= self.settings.batch_size {
+                        // Falling behind (the queue a quarter full): write without yielding
+                        // the CPU, or a busy worker would keep it and the queue overflow.
+                        self.yield_cpu = records_rx.len() < self.settings.queue_size / 4;
                         self.flush();
+                        self.yield_cpu = true;
                     }
                 }
                 Err(TryRecvError::Empty) => return false,
@@ -296,11 +303,14 @@ impl Writer {
                 lost: &stats.lost_database,
                 errors: &stats.errors_database,
             };
-            sink.write(&mut self.db_failing, n, now, || match db.write(batch) {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    db.reset();
-                    Err(e.to_string())
+            let yield_cpu = self.yield_cpu;
+            sink.write(&mut self.db_failing, n, now, || {
+                match db.write(batch, yield_cpu) {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        db.reset();
+                        Err(e.to_string())
+                    }
                 }
             });
         }
@@ -414,7 +424,7 @@ mod speed {
         let t = Instant::now();
         for _ in 0..rounds {
             advance(&mut records);
-            db.write(&records).unwrap();
+            db.write(&records, false).unwrap();
         }
         let per = t.elapsed() / (rounds * records.len() as u32);
         println!("sqlite sink: {per:?} per record");

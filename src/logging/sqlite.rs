@@ -138,8 +138,9 @@ impl SqliteSink {
         Ok(self.conn.as_mut().expect("opened above"))
     }
 
-    /// Insert `records` in one transaction.
-    pub fn write(&mut self, records: &[TrafficRecord]) -> rusqlite::Result<()> {
+    /// Insert `records` in one transaction; `yield_cpu`: offer the CPU to other threads
+    /// every [`YIELD_EVERY`] rows (off when the logging thread is behind).
+    pub fn write(&mut self, records: &[TrafficRecord], yield_cpu: bool) -> rusqlite::Result<()> {
         if records.is_empty() {
             return Ok(());
         }
@@ -152,7 +153,7 @@ impl SqliteSink {
             let (mut request_headers, mut response_headers) = (Vec::new(), Vec::new());
             for (i, r) in records.iter().enumerate() {
                 use RecordText::*;
-                if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                if yield_cpu && i % YIELD_EVERY == YIELD_EVERY - 1 {
                     // A batch is ~3 ms of CPU; a worker sharing this CPU would wait for
                     // the scheduler to take it away (p99 4.4 ms instead of 1 ms). Every
                     // ~0.2 ms a runnable worker gets the CPU back; the transaction goes on.
