@@ -155,8 +155,9 @@ impl SqliteSink {
                 use RecordText::*;
                 if yield_cpu && i % YIELD_EVERY == YIELD_EVERY - 1 {
                     // A batch is ~3 ms of CPU; a worker sharing this CPU would wait for
-                    // the scheduler to take it away (p99 4.4 ms instead of 1 ms). Every
-                    // ~0.2 ms a runnable worker gets the CPU back; the transaction goes on.
+                    // the scheduler to take it away. Every ~0.2 ms a runnable worker gets
+                    // the CPU back; the transaction goes on. (The caller turns this off
+                    // when the queue is filling up: then catching up comes first.)
                     std::thread::yield_now();
                 }
                 client.clear();
