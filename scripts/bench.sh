@@ -22,6 +22,7 @@
 # nginx's and HAProxy's access logs (to files), the fair comparison with recording.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/common.sh
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
@@ -34,25 +35,13 @@ SCENARIOS=${SCENARIOS:-"direct dispa nginx haproxy"}
 RATE=${RATE:-auto}
 BACKEND_PORT=18091 NGINX_PORT=18093 HAPROXY_PORT=18094 DISPA_PORT=18100
 
-need() { command -v "$1" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
 need wrk wrk; need nginx nginx-light; need haproxy haproxy; need curl curl
-[ -x target/release/dispa ] || cargo build --release
-# Every process here may use as many files as the hard limit allows. A proxy holds a
+# common.sh raised the open-files limit to the hard limit (NOFILE). A proxy holds a
 # client and an upstream connection per request in flight, so "c10000" is capped at
 # half the limit (a container's hard limit of 20,000 gives 9,900 connections).
-NOFILE=$(ulimit -Hn); [ "$NOFILE" = unlimited ] && NOFILE=1048576
-ulimit -n "$NOFILE"
 HUGE=${HUGE:-$(( (NOFILE - 200) / 2 < 10000 ? (NOFILE - 200) / 2 : 10000 ))}
 
-WORK=$(mktemp -d /tmp/dispa-bench.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  sleep 0.3
-  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
+start_work bench
 
 # --- backend: nginx, one worker: 5-byte answers, static 16 KiB and 1 MiB files -----------
 mkdir -p "$WORK/www"

@@ -9,23 +9,13 @@
 #   CONNS=2000 scripts/idle-memory.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/common.sh
 CONNS=${CONNS:-10000}
 SETTLE=${SETTLE:-2.5}
 BACKEND_PORT=18291 NGINX_PORT=18293 DISPA_PORT=18300
-command -v nginx >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; }
-[ -x target/release/dispa ] || cargo build --release
-NOFILE=$(ulimit -Hn); [ "$NOFILE" = unlimited ] && NOFILE=1048576
-ulimit -n "$NOFILE"
+need nginx nginx-light
 
-WORK=$(mktemp -d /tmp/dispa-idle.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  sleep 0.3
-  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
+start_work idle
 
 cat > "$WORK/backend.conf" <<CONF
 worker_processes 1; daemon off; pid $WORK/backend.pid; error_log $WORK/backend.err;

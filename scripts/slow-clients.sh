@@ -10,24 +10,15 @@
 #   LENGTH=10 CONNS=500 scripts/slow-clients.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/common.sh
 
 LENGTH=${LENGTH:-30}
 CONNS=${CONNS:-1000}
 BACKEND_PORT=18191 DISPA_PORT=18200
 
-need() { command -v "$1" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
 need wrk wrk; need nginx nginx-light; need slowhttptest slowhttptest
-[ -x target/release/dispa ] || cargo build --release
 
-WORK=$(mktemp -d /tmp/dispa-slow.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  sleep 0.3
-  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
+start_work slow
 
 mkdir -p "$WORK/www"
 head -c 1048576 /dev/zero > "$WORK/www/big"
