@@ -92,6 +92,12 @@ impl Running {
         self.logger.stats()
     }
 
+    /// Give the logging thread its normal share of the CPU back if it is falling behind
+    /// (called by the control thread on every tick).
+    pub fn watch_logging(&self) {
+        self.logger.watch();
+    }
+
     /// What workers report (stats, passive health); read by the control thread.
     pub fn events(&self) -> &Receiver<WorkerEvent> {
         &self.events_rx

@@ -19,5 +19,6 @@ pub mod logfmt;
 pub mod logging;
 pub mod msg;
 pub mod route;
+pub mod sched;
 pub mod traffic;
 pub mod worker;

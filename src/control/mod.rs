@@ -307,6 +307,7 @@ async fn run(
         {
             let mut s = state.borrow_mut();
             let s = &mut *s;
+            s.running.watch_logging();
             loop {
                 match s.running.events().try_recv() {
                     Ok(WorkerEvent::Stats(report)) => s.totals.add(*report),

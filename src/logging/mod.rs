@@ -6,6 +6,7 @@
 //! worker has gone (their senders dropped), it writes what it holds and ends.
 
 pub mod file;
+mod priority;
 pub mod record;
 pub mod sqlite;
 
@@ -18,6 +19,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use crate::config::Logging;
 use crate::msg::TrafficRecord;
 use crate::worker::stats::Counter;
+use priority::Priority;
 
 /// Counters of the logging thread (its only writer).
 #[derive(Debug, Default)]
@@ -46,6 +48,7 @@ pub struct Logger {
     thread: Option<JoinHandle<()>>,
     control_tx: Sender<Control>,
     stats: Arc<LoggingStats>,
+    priority: Arc<Priority>,
 }
 
 /// What the logging thread is told besides records.
@@ -64,14 +67,26 @@ impl Logger {
         let stats = Arc::new(LoggingStats::default());
         let (control_tx, control_rx) = crossbeam_channel::bounded(4);
         let thread_stats = stats.clone();
+        let priority = Arc::new(Priority::new(records_rx.clone()));
+        let thread_priority = priority.clone();
         let thread = std::thread::Builder::new()
             .name("dispa-logging".into())
-            .spawn(move || Writer::new(settings, thread_stats).run(records_rx, control_rx))?;
+            .spawn(move || {
+                thread_priority.start();
+                Writer::new(settings, thread_stats, thread_priority).run(records_rx, control_rx)
+            })?;
         Ok(Logger {
             thread: Some(thread),
             control_tx,
             stats,
+            priority,
         })
+    }
+
+    /// Called by the control thread on every tick: a logging thread falling behind gets
+    /// its normal share of the CPU back (see [`priority`]).
+    pub fn watch(&self) {
+        self.priority.watch();
     }
 
     pub fn stats(&self) -> &Arc<LoggingStats> {
@@ -185,10 +200,11 @@ struct Writer {
     batch: Vec<TrafficRecord>,
     /// The batch being written may pause for the workers (see `SqliteSink::write`).
     yield_cpu: bool,
+    priority: Arc<Priority>,
 }
 
 impl Writer {
-    fn new(settings: Logging, stats: Arc<LoggingStats>) -> Self {
+    fn new(settings: Logging, stats: Arc<LoggingStats>, priority: Arc<Priority>) -> Self {
         Writer {
             file: file::FileSink::new(settings.file.clone()),
             db: sqlite::SqliteSink::new(settings.database.clone()),
@@ -196,6 +212,7 @@ impl Writer {
             settings,
             stats,
             yield_cpu: true,
+            priority,
             file_failing: Failing::default(),
             db_failing: Failing::default(),
         }
@@ -218,7 +235,10 @@ impl Writer {
                         self.apply(settings);
                         deadline = Instant::now() + self.settings.flush_interval;
                     }
-                    Control::Finish => finish = true,
+                    Control::Finish => {
+                        self.priority.stay_normal();
+                        finish = true;
+                    }
                 }
             }
             let disconnected = self.drain(&records_rx);
@@ -226,6 +246,7 @@ impl Writer {
             if finish || disconnected {
                 break;
             }
+            self.priority.settle();
             if now >= deadline {
                 self.flush();
                 deadline = now + self.settings.flush_interval;
@@ -350,6 +371,32 @@ mod speed {
     use crate::config::{DatabaseSink, FileSink, Rotation};
     use crate::msg::RecordText;
 
+    /// Wall time and this thread's CPU time since it was made: the CPU time is what a
+    /// worker sharing the CPU loses; the wall time also counts waits (a checkpoint's
+    /// fsync).
+    struct Clock(Instant, Duration);
+
+    fn thread_cpu() -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec to write into.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+
+    impl Clock {
+        fn start() -> Self {
+            Clock(Instant::now(), thread_cpu())
+        }
+
+        fn per(&self, what: &str, n: u32) {
+            let (wall, cpu) = (self.0.elapsed() / n, (thread_cpu() - self.1) / n);
+            println!("{what}: {cpu:?} CPU ({wall:?} wall) per record");
+        }
+    }
+
     fn record(i: u64) -> TrafficRecord {
         let mut text = String::new();
         let mut ends = [0u32; RecordText::COUNT];
@@ -411,35 +458,31 @@ mod speed {
             retention_days: 0,
             max_total_size: 0,
         });
-        let t = Instant::now();
+        let n = rounds * records.len() as u32;
+        let t = Clock::start();
         for _ in 0..rounds {
             file.write(&records, SystemTime::now()).unwrap();
         }
-        let per = t.elapsed() / (rounds * records.len() as u32);
-        println!("file sink: {per:?} per record");
+        t.per("file sink", n);
         let mut db = sqlite::SqliteSink::new(DatabaseSink {
             path: dir.join("t.db"),
             retention_days: 0,
         });
-        let t = Instant::now();
+        let t = Clock::start();
         for _ in 0..rounds {
             advance(&mut records);
             db.write(&records, false).unwrap();
         }
-        let per = t.elapsed() / (rounds * records.len() as u32);
-        println!("sqlite sink: {per:?} per record");
+        t.per("sqlite sink", n);
         let mut s = Vec::new();
-        let t = Instant::now();
+        let t = Clock::start();
         for _ in 0..rounds {
             s.clear();
             for r in &records {
                 record::json_line(&mut s, r);
             }
         }
-        println!(
-            "json only: {:?} per record",
-            t.elapsed() / (rounds * records.len() as u32)
-        );
+        t.per("json only", n);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -310,6 +310,9 @@ pub fn run(start: Start) {
             "could not pin worker to its CPU"
         );
     }
+    if let Err(e) = crate::sched::request_slice(crate::sched::WORKER_SLICE) {
+        tracing::debug!(worker = id, error = %e, "scheduler ignored the worker's slice request");
+    }
     let server = &start.snapshot.config.server;
     let (driver, flags, entries) = (server.io_driver, server.uring, server.uring_entries);
     if driver != IoDriver::Legacy {

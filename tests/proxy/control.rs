@@ -604,3 +604,49 @@ fn health_and_drains_survive_a_reload_for_targets_that_stay() {
         assert_eq!(backend_of(&c.get("example.com", "/")), "b");
     }
 }
+
+/// `policy` from /proc of the thread of process `pid` named `name` (0: normal, 5: idle).
+fn thread_policy(pid: u32, name: &str) -> Option<u32> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let task = task.ok()?.path();
+        if std::fs::read_to_string(task.join("comm")).ok()?.trim() != name {
+            continue;
+        }
+        let sched = std::fs::read_to_string(task.join("sched")).ok()?;
+        let line = sched.lines().find(|l| l.starts_with("policy"))?;
+        return line.split(':').nth(1)?.trim().parse().ok();
+    }
+    None
+}
+
+#[test]
+fn the_logging_thread_writes_in_the_background_while_it_keeps_up() {
+    let backend = Backend::named("b");
+    let dir = scratch_dir("sched");
+    let (child, proxy, _, _) = spawn_binary(&config(
+        &[backend.addr],
+        "round_robin",
+        &format!("{NO_CHECKS}{MONITORING}{}", logging_section(&dir)),
+    ));
+    assert_eq!(get(proxy, "example.com", "/").status, 200);
+    let pid = child.0.id();
+    let logging = || thread_policy(pid, "dispa-logging");
+    // Coming back from SCHED_IDLE needs CAP_SYS_NICE (root here); without it Dispa keeps
+    // the logging thread normal.
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    if root {
+        assert!(
+            eventually(Duration::from_secs(3), || logging() == Some(5)),
+            "logging thread policy {:?}",
+            logging()
+        );
+    } else {
+        assert_eq!(logging(), Some(0));
+    }
+    // Workers, the control thread: normal.
+    assert_eq!(thread_policy(pid, "dispa-worker-0"), Some(0));
+    assert_eq!(thread_policy(pid, "dispa-control"), Some(0));
+}

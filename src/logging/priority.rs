@@ -1,0 +1,161 @@
+//! The logging thread's scheduling class (see `crate::sched`): a background thread while
+//! it keeps up, so that a worker on the same CPU never waits behind a batch, and a normal
+//! one as soon as its queue fills, so that it catches up before anything is dropped.
+//!
+//! A background thread gets almost no CPU while a worker is saturated, so it may not be
+//! able to notice its own queue filling: the control thread, a normal thread, checks the
+//! queue on every tick and makes it normal again ([`Priority::watch`]); without a watcher
+//! the thread never leaves the normal class. With the default
+//! queue (65,536 records) and the 100 ms tick, that leaves room for ~500k requests/s.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+use crossbeam_channel::Receiver;
+
+use crate::msg::TrafficRecord;
+use crate::sched::{self, Class, LOGGING_SLICE};
+
+/// The queue fill (a fraction of its capacity) at which the thread becomes normal again,
+/// and the one under which it goes back to the background.
+const NORMAL_FROM: usize = 8;
+const BACKGROUND_UNDER: usize = 32;
+
+pub struct Priority {
+    /// The logging thread's id; 0 before it starts and where classes cannot be switched.
+    tid: AtomicI32,
+    /// The records queue, only for its length.
+    queue: Receiver<TrafficRecord>,
+    /// A watcher has looked at the queue: only then may the thread go to the background
+    /// (a library user running workers without the control thread has no watcher).
+    watched: AtomicBool,
+}
+
+impl Priority {
+    pub fn new(queue: Receiver<TrafficRecord>) -> Self {
+        Priority {
+            tid: AtomicI32::new(0),
+            queue,
+            watched: AtomicBool::new(false),
+        }
+    }
+
+    fn over(&self, fraction: usize) -> bool {
+        let capacity = self.queue.capacity().unwrap_or(usize::MAX);
+        self.queue.len() > capacity / fraction
+    }
+
+    /// On the logging thread, once: ask for the short slice, and find out whether it may
+    /// switch classes (it then stays normal until it has caught up).
+    pub fn start(&self) {
+        if !sched::can_switch(LOGGING_SLICE) {
+            tracing::debug!(
+                "the logging thread stays a normal thread (no CAP_SYS_NICE or RLIMIT_NICE to come back from SCHED_IDLE)"
+            );
+            let _ = sched::request_slice(LOGGING_SLICE);
+            return;
+        }
+        self.tid.store(sched::thread_id(), Ordering::Relaxed);
+    }
+
+    /// On the logging thread, after draining its queue: back to the background when the
+    /// queue is nearly empty.
+    pub fn settle(&self) {
+        if self.tid.load(Ordering::Relaxed) == 0
+            || !self.watched.load(Ordering::Relaxed)
+            || self.over(BACKGROUND_UNDER)
+        {
+            return;
+        }
+        if let Ok((Class::Normal, _)) = sched::current(0) {
+            let _ = sched::set(0, Class::Background, LOGGING_SLICE);
+        }
+    }
+
+    /// On the logging thread when it must finish quickly (a stop): normal from now on.
+    pub fn stay_normal(&self) {
+        if self.tid.swap(0, Ordering::Relaxed) != 0 {
+            let _ = sched::set(0, Class::Normal, LOGGING_SLICE);
+        }
+    }
+
+    /// On the control thread, every tick: a thread falling behind becomes normal.
+    /// (Repeated on every tick while the queue stays full, so a race with [`settle`]
+    /// cannot leave it in the background.)
+    ///
+    /// [`settle`]: Priority::settle
+    pub fn watch(&self) {
+        self.watched.store(true, Ordering::Relaxed);
+        let tid = self.tid.load(Ordering::Relaxed);
+        if tid != 0 && self.over(NORMAL_FROM) {
+            let _ = sched::set(tid, Class::Normal, LOGGING_SLICE);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msg::RecordText;
+
+    fn record() -> TrafficRecord {
+        TrafficRecord {
+            start_ms: 0,
+            client: std::net::Ipv4Addr::LOCALHOST.into(),
+            worker: 0,
+            version_minor: 1,
+            status: 200,
+            request_bytes: 0,
+            response_bytes: 0,
+            duration_us: 0,
+            upstream_us: None,
+            target_addr: None,
+            reused: None,
+            retries: 0,
+            error: None,
+            text: String::new(),
+            ends: [0; RecordText::COUNT],
+            capture: None,
+        }
+    }
+
+    #[test]
+    fn a_background_logging_thread_falling_behind_is_made_normal_by_the_watcher() {
+        let (tx, rx) = crossbeam_channel::bounded(64);
+        let priority = std::sync::Arc::new(Priority::new(rx));
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let p = priority.clone();
+        let thread = std::thread::spawn(move || {
+            p.start();
+            p.settle();
+            // Nobody watches yet: it stays normal.
+            assert_eq!(sched::current(0).unwrap().0, Class::Normal);
+            p.watch();
+            p.settle();
+            tid_tx.send(sched::thread_id()).unwrap();
+            done_rx.recv().unwrap();
+        });
+        let tid = tid_rx.recv().unwrap();
+        let class = || sched::current(tid).unwrap().0;
+        if priority.tid.load(Ordering::Relaxed) == 0 {
+            // No privilege to come back from the background: it never goes there.
+            assert_eq!(class(), Class::Normal);
+        } else {
+            assert_eq!(class(), Class::Background, "an empty queue: background");
+            for _ in 0..64 / NORMAL_FROM {
+                tx.send(record()).unwrap();
+            }
+            priority.watch();
+            assert_eq!(
+                class(),
+                Class::Background,
+                "an eighth full: still background"
+            );
+            tx.send(record()).unwrap();
+            priority.watch();
+            assert_eq!(class(), Class::Normal, "over an eighth: normal");
+        }
+        done_tx.send(()).unwrap();
+        thread.join().unwrap();
+    }
+}
