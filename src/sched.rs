@@ -73,10 +73,16 @@ pub fn set(tid: libc::pid_t, class: Class, slice: Duration) -> std::io::Result<(
     }
 }
 
-/// Whether the calling thread may move between the classes both ways: tries it (ending
-/// in [`Class::Normal`]).
+/// Whether this process's threads may move between the classes both ways. Tried on a
+/// thread of its own: where coming back is refused, that thread is left in the
+/// background for good, so it must not be one that matters.
 pub fn can_switch(slice: Duration) -> bool {
-    set(0, Class::Background, slice).is_ok() && set(0, Class::Normal, slice).is_ok()
+    std::thread::Builder::new()
+        .name("dispa-sched-probe".into())
+        .spawn(move || {
+            set(0, Class::Background, slice).is_ok() && set(0, Class::Normal, slice).is_ok()
+        })
+        .is_ok_and(|probe| probe.join().unwrap_or(false))
 }
 
 /// Thread `tid`'s (0: the calling thread's) class and slice (slice 0: the kernel's

@@ -47,14 +47,14 @@ impl Priority {
     /// On the logging thread, once: ask for the short slice, and find out whether it may
     /// switch classes (it then stays normal until it has caught up).
     pub fn start(&self) {
-        if !sched::can_switch(LOGGING_SLICE) {
-            tracing::debug!(
-                "the logging thread stays a normal thread (no CAP_SYS_NICE or RLIMIT_NICE to come back from SCHED_IDLE)"
+        let _ = sched::request_slice(LOGGING_SLICE);
+        if sched::can_switch(LOGGING_SLICE) {
+            self.tid.store(sched::thread_id(), Ordering::Relaxed);
+        } else {
+            tracing::info!(
+                "the logging thread stays a normal thread: coming back from SCHED_IDLE needs CAP_SYS_NICE or RLIMIT_NICE (systemd: LimitNICE=+0)"
             );
-            let _ = sched::request_slice(LOGGING_SLICE);
-            return;
         }
-        self.tid.store(sched::thread_id(), Ordering::Relaxed);
     }
 
     /// On the logging thread, after draining its queue: back to the background when the
