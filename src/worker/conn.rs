@@ -49,6 +49,8 @@ pub struct Conn {
     /// Body bytes kept for `[logging.capture]` (armed only for captured hosts).
     pub request_tap: Tap,
     pub response_tap: Tap,
+    /// This connection's slot in the worker's `OpenSockets`.
+    slot: usize,
 }
 
 /// The result of one request, filled in as it goes.
@@ -141,6 +143,12 @@ enum NoHead {
     Reply(u16, &'static str),
 }
 
+/// Serve one client connection until it closes.
+///
+/// Memory: a connection's task is as large as the largest state of this future, and an
+/// idle connection pays for it all the time. So everything larger than the parked wait
+/// (the exchange, an active read with its timer, error replies, tunnels, lingering
+/// closes) is boxed where it is awaited and exists only while it runs.
 pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
     let _ = client.set_nodelay(true);
     let mut client_ip = Vec::with_capacity(40);
@@ -158,18 +166,20 @@ pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
         draft: None,
         request_tap: Tap::default(),
         response_tap: Tap::default(),
+        slot: 0,
     };
     let slot = worker
         .open_sockets()
         .borrow_mut()
         .insert(std::os::fd::AsRawFd::as_raw_fd(&conn.client));
+    conn.slot = slot;
     let upgraded = conn.run().await;
     match upgraded {
         Some(upstream) => {
             let idle = worker.active().snapshot.config.timeouts.tunnel_idle;
-            relay::tunnel(conn.client, upstream, idle).await;
+            Box::pin(relay::tunnel(conn.client, upstream, idle)).await;
         }
-        None if conn.linger => conn.lingering_close().await,
+        None if conn.linger => Box::pin(conn.lingering_close()).await,
         None => {}
     }
     // Kept until here so that a shutdown also ends tunnels and lingering closes.
@@ -195,7 +205,7 @@ impl Conn {
                         414 | 431 => stats.rejected_limits.inc(),
                         _ => stats.rejected_bad_request.inc(),
                     }
-                    let _ = self.reply(status, why, true).await;
+                    let _ = Box::pin(self.reply(status, why, true)).await;
                     let active = self.worker.active();
                     self.worker
                         .record(&active, NONE, NONE, status, Duration::ZERO, None);
@@ -273,11 +283,8 @@ impl Conn {
                 // like nginx's instead of its buffers.
                 let keepalive = cfg.timeouts.keepalive;
                 let park = Instant::now() + PARK_AFTER.min(keepalive);
-                match self
-                    .rbuf
-                    .fill_before(&mut self.client, max_head, park)
-                    .await
-                {
+                let read = self.rbuf.fill_before(&mut self.client, max_head, park);
+                match Box::pin(read).await {
                     Some(Ok(n)) if n > 0 => {
                         self.worker.stats.bytes_from_clients.add(n as u64);
                         continue;
@@ -287,9 +294,15 @@ impl Conn {
                     None => {
                         self.rbuf.release();
                         self.out = Vec::new();
-                        let rest = keepalive - PARK_AFTER;
-                        match timeout(rest, self.client.readable(false)).await {
-                            Ok(Ok(())) => continue,
+                        // No timer: the worker's sweep shuts the socket down at the
+                        // deadline, which ends this wait (see `OpenSockets`).
+                        let until = Instant::now() + (keepalive - PARK_AFTER);
+                        let open = self.worker.open_sockets();
+                        open.borrow_mut().set_parked(self.slot, Some(until));
+                        let woke = self.client.readable(false).await;
+                        open.borrow_mut().set_parked(self.slot, None);
+                        match woke {
+                            Ok(()) if Instant::now() < until => continue,
                             _ => return Err(NoHead::Quiet),
                         }
                     }
@@ -297,8 +310,8 @@ impl Conn {
             }
             let read = self.rbuf.fill(&mut self.client, max_head);
             let res = match deadline {
-                None => timeout(cfg.timeouts.keepalive, read).await,
-                Some(d) => timeout_at(d.into(), read).await,
+                None => Box::pin(timeout(cfg.timeouts.keepalive, read)).await,
+                Some(d) => Box::pin(timeout_at(d.into(), read)).await,
             };
             match res {
                 Ok(Ok(n)) if n > 0 => self.worker.stats.bytes_from_clients.add(n as u64),

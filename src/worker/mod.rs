@@ -118,38 +118,75 @@ fn max_idle(snapshot: &Snapshot) -> usize {
 /// Rule or target index meaning "none".
 pub const NONE: u32 = u32::MAX;
 
-/// Raw fds of open client connections, in slots reused as connections come and go.
+/// Raw fds of open client connections, in slots reused as connections come and go, with
+/// the keep-alive deadline of those parked (idle without a buffer, see `conn::read_head`).
+/// Parked connections have no timer of their own (a monoio timer is 640 bytes per
+/// connection): the worker's inbox task sweeps this table every [`PARK_SWEEP`] and
+/// shuts down the sockets whose deadline has passed, which wakes their tasks.
 #[derive(Default)]
 pub struct OpenSockets {
-    fds: Vec<Option<std::os::fd::RawFd>>,
+    slots: Vec<Option<OpenSocket>>,
     free: Vec<usize>,
 }
 
+#[derive(Clone, Copy)]
+struct OpenSocket {
+    fd: std::os::fd::RawFd,
+    parked_until: Option<Instant>,
+}
+
+/// How often parked connections past their keep-alive deadline are closed (so the
+/// timeout of a parked connection is kept to within this).
+pub const PARK_SWEEP: Duration = Duration::from_millis(250);
+
 impl OpenSockets {
     pub fn insert(&mut self, fd: std::os::fd::RawFd) -> usize {
+        let entry = Some(OpenSocket {
+            fd,
+            parked_until: None,
+        });
         match self.free.pop() {
             Some(i) => {
-                self.fds[i] = Some(fd);
+                self.slots[i] = entry;
                 i
             }
             None => {
-                self.fds.push(Some(fd));
-                self.fds.len() - 1
+                self.slots.push(entry);
+                self.slots.len() - 1
             }
         }
     }
 
     pub fn remove(&mut self, slot: usize) {
-        self.fds[slot] = None;
+        self.slots[slot] = None;
         self.free.push(slot);
+    }
+
+    /// The connection in `slot` waits without a timer until `until` (`None`: it is
+    /// active again).
+    pub fn set_parked(&mut self, slot: usize, until: Option<Instant>) {
+        if let Some(s) = self.slots.get_mut(slot).and_then(Option::as_mut) {
+            s.parked_until = until;
+        }
     }
 
     /// Shut down every socket still open: a task waiting to read one wakes with end of
     /// stream and closes it.
     fn shutdown_all(&self) {
-        for fd in self.fds.iter().flatten() {
+        for s in self.slots.iter().flatten() {
             // SAFETY: the fd belongs to a live TcpStream (removed from here before it closes).
-            unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
+            unsafe { libc::shutdown(s.fd, libc::SHUT_RDWR) };
+        }
+    }
+
+    /// Shut down the parked sockets whose keep-alive deadline has passed.
+    fn shutdown_expired(&mut self, now: Instant) {
+        for s in self.slots.iter_mut().flatten() {
+            if s.parked_until.is_some_and(|t| t <= now) {
+                s.parked_until = None;
+                // SAFETY: as in `shutdown_all`.
+                unsafe { libc::shutdown(s.fd, libc::SHUT_RDWR) };
+            }
         }
     }
 }
@@ -471,6 +508,7 @@ async fn inbox(
     let mut canceller = Some(canceller);
     let mut last_evict = Instant::now();
     let mut last_report = Instant::now();
+    let mut last_sweep = Instant::now();
     loop {
         monoio::time::sleep(INBOX_POLL).await;
         loop {
@@ -498,6 +536,10 @@ async fn inbox(
             worker.report();
             worker.stats.pool_idle.set(worker.pool.idle_count() as u64);
             last_report = Instant::now();
+        }
+        if last_sweep.elapsed() >= PARK_SWEEP {
+            last_sweep = Instant::now();
+            worker.open.borrow_mut().shutdown_expired(last_sweep);
         }
         if last_evict.elapsed() >= Duration::from_secs(1) {
             worker.pool.evict_expired();
