@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 CONNS=${CONNS:-10000}
-SETTLE=${SETTLE:-2.5}
+SETTLE=${SETTLE:-4}
 BACKEND_PORT=18291 NGINX_PORT=18293 DISPA_PORT=18300
 need nginx nginx-light
 

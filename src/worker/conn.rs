@@ -294,6 +294,8 @@ impl Conn {
                     None => {
                         self.rbuf.release();
                         self.out = Vec::new();
+                        let parked = &self.worker.parked_since_trim;
+                        parked.set(parked.get().saturating_add(1));
                         // No timer: the worker's sweep shuts the socket down at the
                         // deadline, which ends this wait (see `OpenSockets`).
                         let until = Instant::now() + (keepalive - PARK_AFTER);
