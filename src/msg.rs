@@ -139,7 +139,7 @@ impl Captured {
         names: &[String],
     ) {
         let all = names.iter().any(|n| n == "*");
-        for f in &fields.list[..fields.count] {
+        for f in &fields.list {
             let name = f.name.of(buf);
             if all
                 || names
