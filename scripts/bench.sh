@@ -12,13 +12,17 @@
 #   WORKLOADS="small close 16k 1m c1000 c10000 post rate" scripts/bench.sh   # all of them
 #   ROUNDS=5 DURATION=15 CONNS=100 scripts/bench.sh
 #   SCENARIOS="dispa dispa-norec nginx" LOG=on scripts/bench.sh   # the cost of recording
+#   SCENARIOS="dispa dispa-spare dispa-norec nginx" LOG=on scripts/bench.sh   # ... with a spare CPU
 #   SCENARIOS="dispa dispa-plain dispa-defer dispa-epoll nginx" scripts/bench.sh   # ring flags
 #
 # Workloads: small (keep-alive GET, 5-byte body), close (Connection: close per request),
 # 16k / 1m (static 16 KiB / 1 MiB bodies), c1000 / c10000 (1,000 / 10,000 keep-alive
 # connections), post (chunked 16 KiB uploads), rate (a fixed rate, $RATE or half of
 # nginx's small-body median, for latency without saturation; needs oha).
-# Dispa records every request (gzip files + SQLite) except in dispa-norec; LOG=on turns on
+# Dispa records every request (gzip files + SQLite) except in dispa-norec; dispa-spare is
+# dispa allowed both CPUs: its one worker still pins itself to $PROXY_CPU (the first CPU it
+# may use) and the logging and control threads may run on $LOAD_CPU's idle time, the layout
+# of a machine where Dispa runs one worker fewer than CPUs. LOG=on turns on
 # nginx's and HAProxy's access logs (to files), the fair comparison with recording.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,11 +64,11 @@ http { access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
 CONF
 taskset -c "$LOAD_CPU" nginx -c "$WORK/backend.conf" -e "$WORK/backend.err" & PIDS+=($!)
 
-# --- Dispa (and variants of it: dispa-epoll, dispa-plain, dispa-defer, dispa-norec) ----------
+# --- Dispa (and variants of it: dispa-epoll, dispa-plain, dispa-defer, dispa-norec, dispa-spare)
 declare -A DISPA_PIDS DISPA_PORTS
 dispa_extra() {
   case $1 in
-    dispa|dispa-norec) echo "";;
+    dispa|dispa-norec|dispa-spare) echo "";;
     dispa-epoll) echo 'io_driver = "legacy"';;
     dispa-plain) echo 'uring_flags = []';;
     dispa-defer) echo 'uring_flags = ["single_issuer", "defer_taskrun"]';;
@@ -96,7 +100,8 @@ health_bind = "127.0.0.1:$((port + 1))"
 metrics_bind = "127.0.0.1:$((port + 2))"
 $(dispa_logging "$s")
 CONF
-  taskset -c "$PROXY_CPU" target/release/dispa -c "$WORK/$s.toml" 2>"$WORK/$s.log" & PIDS+=($!)
+  cpus=$PROXY_CPU; [ "$s" = dispa-spare ] && cpus="$PROXY_CPU,$LOAD_CPU"
+  taskset -c "$cpus" target/release/dispa -c "$WORK/$s.toml" 2>"$WORK/$s.log" & PIDS+=($!)
   DISPA_PIDS[$s]=$!; DISPA_PORTS[$s]=$port
   port=$((port + 10))
 done

@@ -202,7 +202,7 @@ pub fn start(config: Config, workers: Option<usize>) -> Result<Running, Error> {
     }));
     let (ready_tx, ready_rx) = bounded(count);
     let (events_tx, events_rx) = bounded(EVENTS_CAPACITY);
-    let (records_tx, records_rx) = bounded(snapshot.config.logging.queue_size);
+    let (records_tx, records_rx) = crate::msg::record_queue(snapshot.config.logging.queue_size);
     let logger =
         Logger::start(snapshot.config.logging.clone(), records_rx).map_err(Error::Thread)?;
     let mut running = Running {

@@ -74,7 +74,7 @@ pub struct StatsReport {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -88,6 +88,68 @@ mod tests {
         assert_eq!(h.counts[LATENCY_BUCKETS.len()], 1);
         assert_eq!(h.count(), 3);
     }
+
+    /// A record with nothing in it, for tests of the queue and its readers.
+    pub(crate) fn empty_record() -> TrafficRecord {
+        TrafficRecord {
+            start_ms: 0,
+            client: std::net::Ipv4Addr::LOCALHOST.into(),
+            worker: 0,
+            version_minor: 1,
+            status: 200,
+            request_bytes: 0,
+            response_bytes: 0,
+            duration_us: 0,
+            upstream_us: None,
+            target_addr: None,
+            reused: None,
+            retries: 0,
+            error: None,
+            text: String::new(),
+            ends: [0; RecordText::COUNT],
+            capture: None,
+        }
+    }
+
+    #[test]
+    fn the_record_queue_refuses_records_beyond_its_capacity_and_takes_more_once_drained() {
+        let (tx, rx) = record_queue(3);
+        for _ in 0..3 {
+            assert!(tx.try_send(empty_record()).is_ok());
+        }
+        assert!(tx.try_send(empty_record()).is_err());
+        rx.try_recv().unwrap();
+        assert!(tx.try_send(empty_record()).is_ok());
+        assert_eq!(rx.len(), 3);
+    }
+}
+
+/// The sending end of the records queue (see [`record_queue`]).
+#[derive(Clone)]
+pub struct RecordSender {
+    tx: crossbeam_channel::Sender<TrafficRecord>,
+    capacity: usize,
+}
+
+impl RecordSender {
+    /// Queue `record` unless `capacity` records are waiting already; never blocks.
+    pub fn try_send(&self, record: TrafficRecord) -> Result<(), TrafficRecord> {
+        if self.tx.len() >= self.capacity {
+            return Err(record);
+        }
+        self.tx.send(record).map_err(|e| e.0)
+    }
+}
+
+/// The queue from the workers to the logging thread: bounded like a `bounded` channel
+/// (several workers may overshoot `capacity` by a record each), but its memory follows
+/// what is queued. crossbeam's array channel allocates and touches a slot for every record
+/// it could hold (65,536 × 208 bytes: 13 MiB resident from the start, recording on or
+/// off); its list channel allocates blocks of 31 as records come and frees them as they
+/// are taken.
+pub fn record_queue(capacity: usize) -> (RecordSender, crossbeam_channel::Receiver<TrafficRecord>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    (RecordSender { tx, capacity }, rx)
 }
 
 /// One request as the traffic record keeps it, from a worker to the logging thread. The

@@ -67,7 +67,7 @@ impl Logger {
         let stats = Arc::new(LoggingStats::default());
         let (control_tx, control_rx) = crossbeam_channel::bounded(4);
         let thread_stats = stats.clone();
-        let priority = Arc::new(Priority::new(records_rx.clone()));
+        let priority = Arc::new(Priority::new(records_rx.clone(), settings.queue_size));
         let thread_priority = priority.clone();
         let thread = std::thread::Builder::new()
             .name("dispa-logging".into())

@@ -23,25 +23,26 @@ const BACKGROUND_UNDER: usize = 32;
 pub struct Priority {
     /// The logging thread's id; 0 before it starts and where classes cannot be switched.
     tid: AtomicI32,
-    /// The records queue, only for its length.
+    /// The records queue, only for its length, and the length it is bounded to.
     queue: Receiver<TrafficRecord>,
+    capacity: usize,
     /// A watcher has looked at the queue: only then may the thread go to the background
     /// (a library user running workers without the control thread has no watcher).
     watched: AtomicBool,
 }
 
 impl Priority {
-    pub fn new(queue: Receiver<TrafficRecord>) -> Self {
+    pub fn new(queue: Receiver<TrafficRecord>, capacity: usize) -> Self {
         Priority {
             tid: AtomicI32::new(0),
             queue,
+            capacity,
             watched: AtomicBool::new(false),
         }
     }
 
     fn over(&self, fraction: usize) -> bool {
-        let capacity = self.queue.capacity().unwrap_or(usize::MAX);
-        self.queue.len() > capacity / fraction
+        self.queue.len() > self.capacity / fraction
     }
 
     /// On the logging thread, once: ask for the short slice, and find out whether it may
@@ -95,33 +96,12 @@ impl Priority {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::msg::RecordText;
-
-    fn record() -> TrafficRecord {
-        TrafficRecord {
-            start_ms: 0,
-            client: std::net::Ipv4Addr::LOCALHOST.into(),
-            worker: 0,
-            version_minor: 1,
-            status: 200,
-            request_bytes: 0,
-            response_bytes: 0,
-            duration_us: 0,
-            upstream_us: None,
-            target_addr: None,
-            reused: None,
-            retries: 0,
-            error: None,
-            text: String::new(),
-            ends: [0; RecordText::COUNT],
-            capture: None,
-        }
-    }
+    use crate::msg::tests::empty_record;
 
     #[test]
     fn a_background_logging_thread_falling_behind_is_made_normal_by_the_watcher() {
         let (tx, rx) = crossbeam_channel::bounded(64);
-        let priority = std::sync::Arc::new(Priority::new(rx));
+        let priority = std::sync::Arc::new(Priority::new(rx, 64));
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let p = priority.clone();
@@ -143,7 +123,7 @@ mod tests {
         } else {
             assert_eq!(class(), Class::Background, "an empty queue: background");
             for _ in 0..64 / NORMAL_FROM {
-                tx.send(record()).unwrap();
+                tx.send(empty_record()).unwrap();
             }
             priority.watch();
             assert_eq!(
@@ -151,7 +131,7 @@ mod tests {
                 Class::Background,
                 "an eighth full: still background"
             );
-            tx.send(record()).unwrap();
+            tx.send(empty_record()).unwrap();
             priority.watch();
             assert_eq!(class(), Class::Normal, "over an eighth: normal");
         }

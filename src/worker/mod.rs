@@ -23,7 +23,9 @@ use monoio::io::Canceller;
 use crate::balance::Balancer;
 use crate::config::{IoDriver, Snapshot, UringFlags};
 use crate::http::canned;
-use crate::msg::{Histogram, StatsReport, TrafficRecord, WorkerEvent, WorkerMsg, WorkerReady};
+use crate::msg::{
+    Histogram, RecordSender, StatsReport, TrafficRecord, WorkerEvent, WorkerMsg, WorkerReady,
+};
 
 fn unix_secs() -> u64 {
     std::time::SystemTime::now()
@@ -47,7 +49,7 @@ pub struct Start {
     pub inbox_rx: Receiver<WorkerMsg>,
     pub ready_tx: Sender<WorkerReady>,
     pub events_tx: Sender<WorkerEvent>,
-    pub records_tx: Sender<TrafficRecord>,
+    pub records_tx: RecordSender,
     pub stats: Arc<WorkerStats>,
 }
 
@@ -204,7 +206,7 @@ pub struct Worker {
     unsent: RefCell<Option<StatsReport>>,
     /// Consecutive connect failures per target id, for passive health checks.
     failures: RefCell<HashMap<u64, u32>>,
-    records_tx: Sender<TrafficRecord>,
+    records_tx: RecordSender,
     /// Client sockets of open connections, to close the idle ones on shutdown (a
     /// runtime that is dropped does not drop tasks waiting on I/O).
     open: RefCell<OpenSockets>,
