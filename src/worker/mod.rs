@@ -240,7 +240,7 @@ impl Worker {
 
     /// Hand a record to the logging thread; a full channel drops it (counted).
     pub fn send_record(&self, record: TrafficRecord) {
-        if self.records_tx.try_send(record).is_err() {
+        if !self.records_tx.try_send(record) {
             self.stats.records_dropped.inc();
         }
     }
