@@ -110,6 +110,7 @@ impl Logger {
     /// exited, so that nothing more can be queued.
     pub fn finish(&mut self) {
         if let Some(t) = self.thread.take() {
+            self.priority.stay_normal();
             let _ = self.control_tx.send(Control::Finish);
             let _ = t.join();
         }
@@ -235,10 +236,7 @@ impl Writer {
                         self.apply(settings);
                         deadline = Instant::now() + self.settings.flush_interval;
                     }
-                    Control::Finish => {
-                        self.priority.stay_normal();
-                        finish = true;
-                    }
+                    Control::Finish => finish = true,
                 }
             }
             let disconnected = self.drain(&records_rx);

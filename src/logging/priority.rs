@@ -72,10 +72,13 @@ impl Priority {
         }
     }
 
-    /// On the logging thread when it must finish quickly (a stop): normal from now on.
+    /// When the logging thread must finish (a stop): normal from now on. Called by the
+    /// stopping thread before it asks the logging thread to finish, because a background
+    /// thread could wait long for CPU time on a machine busy with other processes.
     pub fn stay_normal(&self) {
-        if self.tid.swap(0, Ordering::Relaxed) != 0 {
-            let _ = sched::set(0, Class::Normal, LOGGING_SLICE);
+        let tid = self.tid.swap(0, Ordering::Relaxed);
+        if tid != 0 {
+            let _ = sched::set(tid, Class::Normal, LOGGING_SLICE);
         }
     }
 
@@ -113,7 +116,11 @@ mod tests {
             p.watch();
             p.settle();
             tid_tx.send(sched::thread_id()).unwrap();
-            done_rx.recv().unwrap();
+            // Then, on request, settle again (the queue drained) and report.
+            while done_rx.recv().is_ok() {
+                p.settle();
+                tid_tx.send(sched::thread_id()).unwrap();
+            }
         });
         let tid = tid_rx.recv().unwrap();
         let class = || sched::current(tid).unwrap().0;
@@ -134,8 +141,19 @@ mod tests {
             tx.send(empty_record()).unwrap();
             priority.watch();
             assert_eq!(class(), Class::Normal, "over an eighth: normal");
+            // Caught up: back to the background.
+            while priority.queue.try_recv().is_ok() {}
+            done_tx.send(()).unwrap();
+            tid_rx.recv().unwrap();
+            assert_eq!(class(), Class::Background, "caught up: background again");
+            // A stop makes it normal for good, even with an empty queue.
+            priority.stay_normal();
+            assert_eq!(class(), Class::Normal, "stopping: normal");
+            done_tx.send(()).unwrap();
+            tid_rx.recv().unwrap();
+            assert_eq!(class(), Class::Normal, "stopping: stays normal");
         }
-        done_tx.send(()).unwrap();
+        drop(done_tx);
         thread.join().unwrap();
     }
 }
