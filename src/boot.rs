@@ -141,6 +141,8 @@ impl Running {
     }
 
     fn stop(&mut self, drain: Duration) {
+        // Nobody watches the records queue while the workers drain.
+        self.logger.stay_normal();
         for w in &self.workers {
             let _ = w.inbox_tx.send(WorkerMsg::Shutdown { drain });
         }

@@ -36,8 +36,12 @@ pub fn thread_id() -> libc::pid_t {
     unsafe { libc::gettid() }
 }
 
-/// Ask for `slice` on the calling thread, keeping its normal class and nice value.
+/// Ask for `slice` on the calling thread, keeping its nice value. A thread an operator
+/// put in another policy (systemd `CPUSchedulingPolicy=`, `chrt`) is left as it is.
 pub fn request_slice(slice: Duration) -> std::io::Result<()> {
+    if attr(0)?.policy != libc::SCHED_OTHER as u32 {
+        return Ok(());
+    }
     set(0, Class::Normal, slice)
 }
 
@@ -45,11 +49,15 @@ pub fn request_slice(slice: Duration) -> std::io::Result<()> {
 /// value is kept.
 pub fn set(tid: libc::pid_t, class: Class, slice: Duration) -> std::io::Result<()> {
     // SAFETY: getpriority has no memory effects; errno is cleared first because -1 is
-    // also a valid nice value.
-    let nice = unsafe {
+    // also a valid nice value, and read right after.
+    let (nice, errno) = unsafe {
         *libc::__errno_location() = 0;
-        libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t)
+        let nice = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+        (nice, *libc::__errno_location())
     };
+    if nice == -1 && errno != 0 {
+        return Err(std::io::Error::from_raw_os_error(errno));
+    }
     let policy = match class {
         Class::Normal => libc::SCHED_OTHER,
         Class::Background => libc::SCHED_IDLE,
@@ -88,6 +96,16 @@ pub fn can_switch(slice: Duration) -> bool {
 /// Thread `tid`'s (0: the calling thread's) class and slice (slice 0: the kernel's
 /// default).
 pub fn current(tid: libc::pid_t) -> std::io::Result<(Class, Duration)> {
+    let attr = attr(tid)?;
+    let class = if attr.policy == libc::SCHED_IDLE as u32 {
+        Class::Background
+    } else {
+        Class::Normal
+    };
+    Ok((class, Duration::from_nanos(attr.runtime)))
+}
+
+fn attr(tid: libc::pid_t) -> std::io::Result<SchedAttr> {
     let mut attr = std::mem::MaybeUninit::<SchedAttr>::zeroed();
     // SAFETY: the kernel writes at most `size` bytes into the buffer we own.
     let rc = unsafe {
@@ -103,13 +121,7 @@ pub fn current(tid: libc::pid_t) -> std::io::Result<(Class, Duration)> {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: zero-initialised, then filled by the kernel.
-    let attr = unsafe { attr.assume_init() };
-    let class = if attr.policy == libc::SCHED_IDLE as u32 {
-        Class::Background
-    } else {
-        Class::Normal
-    };
-    Ok((class, Duration::from_nanos(attr.runtime)))
+    Ok(unsafe { attr.assume_init() })
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 mod api;
 mod health;
 mod json;
+mod memory;
 mod metrics;
 mod reload;
 pub mod signals;
@@ -300,6 +301,7 @@ async fn run(
         }
     }
     let mut last_file_check = Instant::now();
+    let mut trim = memory::Trim::new();
     loop {
         monoio::time::sleep(TICK).await;
         let now = Instant::now();
@@ -308,6 +310,7 @@ async fn run(
             let mut s = state.borrow_mut();
             let s = &mut *s;
             s.running.watch_logging();
+            trim.tick(s.running.stats(), now);
             loop {
                 match s.running.events().try_recv() {
                     Ok(WorkerEvent::Stats(report)) => s.totals.add(*report),

@@ -72,8 +72,9 @@ impl Logger {
         let thread = std::thread::Builder::new()
             .name("dispa-logging".into())
             .spawn(move || {
-                thread_priority.start();
-                Writer::new(settings, thread_stats, thread_priority).run(records_rx, control_rx)
+                let _started = thread_priority.start();
+                let writer = Writer::new(settings, thread_stats, thread_priority.clone());
+                writer.run(records_rx, control_rx);
             })?;
         Ok(Logger {
             thread: Some(thread),
@@ -104,6 +105,12 @@ impl Logger {
         {
             tracing::warn!("logging thread busy: new recording settings not applied; reload again");
         }
+    }
+
+    /// From now on the logging thread stays a normal thread (for a stop: see
+    /// [`priority::Priority::stay_normal`]).
+    pub fn stay_normal(&self) {
+        self.priority.stay_normal();
     }
 
     /// Write every record queued so far, then end the thread. Call after the workers have

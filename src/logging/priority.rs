@@ -8,7 +8,8 @@
 //! the thread never leaves the normal class. With the default
 //! queue (65,536 records) and the 100 ms tick, that leaves room for ~500k requests/s.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::Receiver;
 
@@ -21,8 +22,11 @@ const NORMAL_FROM: usize = 8;
 const BACKGROUND_UNDER: usize = 32;
 
 pub struct Priority {
-    /// The logging thread's id; 0 before it starts and where classes cannot be switched.
-    tid: AtomicI32,
+    /// The logging thread's id while its class may be switched; 0 before it starts, where
+    /// classes cannot be switched, once it must stay normal (a stop) and after it ended.
+    /// Every class change happens under this lock, so that a change decided on a stale id
+    /// cannot land after another (the logging and control threads only, never a worker).
+    tid: Mutex<libc::pid_t>,
     /// The records queue, only for its length, and the length it is bounded to.
     queue: Receiver<TrafficRecord>,
     capacity: usize,
@@ -34,7 +38,7 @@ pub struct Priority {
 impl Priority {
     pub fn new(queue: Receiver<TrafficRecord>, capacity: usize) -> Self {
         Priority {
-            tid: AtomicI32::new(0),
+            tid: Mutex::new(0),
             queue,
             capacity,
             watched: AtomicBool::new(false),
@@ -45,54 +49,73 @@ impl Priority {
         self.queue.len() > self.capacity / fraction
     }
 
+    fn tid(&self) -> std::sync::MutexGuard<'_, libc::pid_t> {
+        self.tid
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// On the logging thread, once: ask for the short slice, and find out whether it may
-    /// switch classes (it then stays normal until it has caught up).
-    pub fn start(&self) {
+    /// switch classes (it then stays normal until it has caught up). Returns a guard that
+    /// forgets the thread's id when the thread ends (also by a panic), so that no class
+    /// change can reach another thread that is given the same id later.
+    pub fn start(&self) -> Started<'_> {
         let _ = sched::request_slice(LOGGING_SLICE);
         if sched::can_switch(LOGGING_SLICE) {
-            self.tid.store(sched::thread_id(), Ordering::Relaxed);
+            *self.tid() = sched::thread_id();
         } else {
             tracing::info!(
                 "the logging thread stays a normal thread: coming back from SCHED_IDLE needs CAP_SYS_NICE or RLIMIT_NICE (systemd: LimitNICE=+0)"
             );
         }
+        Started(self)
     }
 
     /// On the logging thread, after draining its queue: back to the background when the
     /// queue is nearly empty.
     pub fn settle(&self) {
-        if self.tid.load(Ordering::Relaxed) == 0
-            || !self.watched.load(Ordering::Relaxed)
-            || self.over(BACKGROUND_UNDER)
-        {
+        if !self.watched.load(Ordering::Relaxed) || self.over(BACKGROUND_UNDER) {
             return;
         }
-        if let Ok((Class::Normal, _)) = sched::current(0) {
+        let tid = self.tid();
+        if *tid != 0
+            && let Ok((Class::Normal, _)) = sched::current(0)
+        {
             let _ = sched::set(0, Class::Background, LOGGING_SLICE);
         }
     }
 
-    /// When the logging thread must finish (a stop): normal from now on. Called by the
-    /// stopping thread before it asks the logging thread to finish, because a background
-    /// thread could wait long for CPU time on a machine busy with other processes.
+    /// Normal from now on, for a stop: called by the stopping thread before the workers
+    /// drain (nobody watches the queue then) and before the logging thread is asked to
+    /// finish (a background thread could wait long for CPU time on a busy machine).
     pub fn stay_normal(&self) {
-        let tid = self.tid.swap(0, Ordering::Relaxed);
-        if tid != 0 {
-            let _ = sched::set(tid, Class::Normal, LOGGING_SLICE);
+        let mut tid = self.tid();
+        let t = std::mem::take(&mut *tid);
+        if t != 0 {
+            let _ = sched::set(t, Class::Normal, LOGGING_SLICE);
         }
     }
 
     /// On the control thread, every tick: a thread falling behind becomes normal.
-    /// (Repeated on every tick while the queue stays full, so a race with [`settle`]
-    /// cannot leave it in the background.)
-    ///
-    /// [`settle`]: Priority::settle
+    /// (Repeated on every tick while the queue stays full.)
     pub fn watch(&self) {
         self.watched.store(true, Ordering::Relaxed);
-        let tid = self.tid.load(Ordering::Relaxed);
-        if tid != 0 && self.over(NORMAL_FROM) {
-            let _ = sched::set(tid, Class::Normal, LOGGING_SLICE);
+        if !self.over(NORMAL_FROM) {
+            return;
         }
+        let tid = self.tid();
+        if *tid != 0 {
+            let _ = sched::set(*tid, Class::Normal, LOGGING_SLICE);
+        }
+    }
+}
+
+/// Held by the logging thread for its whole life (see [`Priority::start`]).
+pub struct Started<'p>(&'p Priority);
+
+impl Drop for Started<'_> {
+    fn drop(&mut self) {
+        *self.0.tid() = 0;
     }
 }
 
@@ -109,7 +132,7 @@ mod tests {
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let p = priority.clone();
         let thread = std::thread::spawn(move || {
-            p.start();
+            let _started = p.start();
             p.settle();
             // Nobody watches yet: it stays normal.
             assert_eq!(sched::current(0).unwrap().0, Class::Normal);
@@ -124,7 +147,7 @@ mod tests {
         });
         let tid = tid_rx.recv().unwrap();
         let class = || sched::current(tid).unwrap().0;
-        if priority.tid.load(Ordering::Relaxed) == 0 {
+        if *priority.tid() == 0 {
             // No privilege to come back from the background: it never goes there.
             assert_eq!(class(), Class::Normal);
         } else {

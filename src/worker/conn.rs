@@ -294,17 +294,16 @@ impl Conn {
                     None => {
                         self.rbuf.release();
                         self.out = Vec::new();
-                        let parked = &self.worker.parked_since_trim;
-                        parked.set(parked.get().saturating_add(1));
+                        self.worker.stats.parked.inc();
                         // No timer: the worker's sweep shuts the socket down at the
                         // deadline, which ends this wait (see `OpenSockets`).
                         let until = Instant::now() + (keepalive - PARK_AFTER);
                         let open = self.worker.open_sockets();
-                        open.borrow_mut().set_parked(self.slot, Some(until));
+                        open.borrow_mut().park(self.slot, until);
                         let woke = self.client.readable(false).await;
-                        open.borrow_mut().set_parked(self.slot, None);
+                        let expired = !open.borrow_mut().unpark(self.slot);
                         match woke {
-                            Ok(()) if Instant::now() < until => continue,
+                            Ok(()) if !expired => continue,
                             _ => return Err(NoHead::Quiet),
                         }
                     }

@@ -164,12 +164,22 @@ impl OpenSockets {
         self.free.push(slot);
     }
 
-    /// The connection in `slot` waits without a timer until `until` (`None`: it is
-    /// active again).
-    pub fn set_parked(&mut self, slot: usize, until: Option<Instant>) {
+    /// The connection in `slot` waits without a timer until `until`.
+    pub fn park(&mut self, slot: usize, until: Instant) {
         if let Some(s) = self.slots.get_mut(slot).and_then(Option::as_mut) {
-            s.parked_until = until;
+            s.parked_until = Some(until);
         }
+    }
+
+    /// The connection in `slot` woke: returns false when the sweep had already expired it
+    /// (and shut its socket down). The sweep decides, not the time the task runs: a
+    /// request that arrived before the deadline is served even if the task runs late.
+    pub fn unpark(&mut self, slot: usize) -> bool {
+        self.slots
+            .get_mut(slot)
+            .and_then(Option::as_mut)
+            .and_then(|s| s.parked_until.take())
+            .is_some()
     }
 
     /// Shut down every socket still open: a task waiting to read one wakes with end of
@@ -213,8 +223,6 @@ pub struct Worker {
     /// Request ids: `<start time><worker>` then a counter, unique across restarts.
     id_prefix: String,
     next_id: Cell<u64>,
-    /// Connections that gave their buffers back since the last `malloc_trim`.
-    pub parked_since_trim: Cell<u32>,
 }
 
 impl Worker {
@@ -441,7 +449,6 @@ async fn serve(start: Start, driver: &'static str) {
         open: RefCell::default(),
         id_prefix: format!("{:08x}{:02x}", unix_secs() as u32, id as u8),
         next_id: Cell::new(0),
-        parked_since_trim: Cell::new(0),
     });
     worker
         .pool
@@ -496,49 +503,6 @@ async fn serve(start: Start, driver: &'static str) {
     worker.report();
 }
 
-/// Gives memory freed by parked connections back to the system once the worker is quiet.
-///
-/// glibc returns only the top of its heap by itself. A parked connection frees its
-/// buffers, but they lie between the small allocations of connections that stay (their
-/// tasks), so without this every idle connection keeps ~4 KiB more resident
-/// (`scripts/idle-memory.sh`, 10,000 connections: 5.6 -> 4.2 KiB each). `malloc_trim`
-/// walks the heap and takes the allocator's locks, so it runs only when no request
-/// arrived for a whole sweep period, enough connections parked, and not more than
-/// every [`Trim::EVERY`].
-struct Trim {
-    last: Instant,
-    requests: u64,
-}
-
-impl Trim {
-    const EVERY: Duration = Duration::from_secs(5);
-    const MIN_PARKED: u32 = 64;
-
-    fn new() -> Self {
-        let now = Instant::now();
-        Trim {
-            last: now.checked_sub(Self::EVERY).unwrap_or(now),
-            requests: 0,
-        }
-    }
-
-    fn maybe(&mut self, worker: &Worker, now: Instant) {
-        let requests = worker.stats.requests.get();
-        let quiet = requests == self.requests && worker.stats.busy_requests.get() == 0;
-        self.requests = requests;
-        if quiet
-            && worker.parked_since_trim.get() >= Self::MIN_PARKED
-            && now.duration_since(self.last) >= Self::EVERY
-        {
-            worker.parked_since_trim.set(0);
-            // SAFETY: malloc_trim has no preconditions.
-            unsafe { libc::malloc_trim(0) };
-            self.last = Instant::now();
-            tracing::debug!(worker = worker.id, took = ?self.last.duration_since(now), "returned freed memory");
-        }
-    }
-}
-
 /// Answer a connection over `limits.max_connections` with 503 and close it.
 async fn refuse(mut stream: monoio::net::TcpStream) {
     let mut out = Vec::with_capacity(192);
@@ -546,8 +510,8 @@ async fn refuse(mut stream: monoio::net::TcpStream) {
     let _ = monoio::io::AsyncWriteRentExt::write_all(&mut stream, out).await;
 }
 
-/// Polls the worker's inbox without blocking; also ages out idle upstream connections,
-/// closes parked connections past their keep-alive deadline and trims the heap.
+/// Polls the worker's inbox without blocking; also ages out idle upstream connections
+/// and closes parked connections past their keep-alive deadline.
 async fn inbox(
     worker: Rc<Worker>,
     rx: Receiver<WorkerMsg>,
@@ -558,7 +522,6 @@ async fn inbox(
     let mut last_evict = Instant::now();
     let mut last_report = Instant::now();
     let mut last_sweep = Instant::now();
-    let mut trim = Trim::new();
     loop {
         monoio::time::sleep(INBOX_POLL).await;
         loop {
@@ -590,7 +553,6 @@ async fn inbox(
         if last_sweep.elapsed() >= PARK_SWEEP {
             last_sweep = Instant::now();
             worker.open.borrow_mut().shutdown_expired(last_sweep);
-            trim.maybe(&worker, last_sweep);
         }
         if last_evict.elapsed() >= Duration::from_secs(1) {
             worker.pool.evict_expired();

@@ -65,6 +65,8 @@ pub struct WorkerStats {
     pub records_dropped: Counter,
     pub bytes_from_clients: Counter,
     pub bytes_to_clients: Counter,
+    /// Keep-alive connections that gave their buffers back (parked), ever.
+    pub parked: Counter,
 }
 
 impl WorkerStats {
