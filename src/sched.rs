@@ -1,3 +1,17 @@
+//! Scheduling hints for Dispa's threads. On a CPU shared by a worker and the logging
+//! thread (which writes a batch for milliseconds at a time), a request must not wait
+//! behind the batch:
+//! - every thread asks for a short time slice. Linux's EEVDF scheduler (6.12 and later)
+//!   gives a task with a shorter slice an earlier deadline and lets it preempt on
+//!   wake-up; the slice is a request any thread may make for itself. Older kernels ignore
+//!   the field for normal threads.
+//! - the logging thread runs as `SCHED_IDLE` (a background class: it gets the CPU only
+//!   when no worker wants it, and a waking worker preempts it at once) while it keeps up,
+//!   and as a normal thread when its queue fills (see `logging::priority`). Coming back
+//!   from `SCHED_IDLE` needs `CAP_SYS_NICE` or an `RLIMIT_NICE` that allows nice 0 (root
+//!   has both; systemd: `LimitNICE=+0`), so [`can_switch`] probes it first and the
+//!   background class is used only where both directions work.
+
 use std::time::Duration;
 
 /// What the workers ask for: short enough that a wake-up preempts a batch writer, long

@@ -153,6 +153,10 @@ pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
     let _ = client.set_nodelay(true);
     let mut client_ip = Vec::with_capacity(40);
     let _ = write!(client_ip, "{}", peer.ip().to_canonical());
+    let slot = worker
+        .open_sockets()
+        .borrow_mut()
+        .insert(std::os::fd::AsRawFd::as_raw_fd(&client));
     let mut conn = Conn {
         worker: worker.clone(),
         client,
@@ -166,13 +170,8 @@ pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
         draft: None,
         request_tap: Tap::default(),
         response_tap: Tap::default(),
-        slot: 0,
+        slot,
     };
-    let slot = worker
-        .open_sockets()
-        .borrow_mut()
-        .insert(std::os::fd::AsRawFd::as_raw_fd(&conn.client));
-    conn.slot = slot;
     let upgraded = conn.run().await;
     match upgraded {
         Some(upstream) => {
