@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use dispa::balance::{Balancer, Candidates};
-use dispa::config::Algorithm;
+use dispa::balance::Algorithm;
 use dispa::http::encode::{Forward, request_head};
 use dispa::http::parse::{RequestLimits, parse_request, parse_response};
 use dispa::logging::record::json_line;

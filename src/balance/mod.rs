@@ -14,7 +14,28 @@ pub use random::Random;
 pub use round_robin::RoundRobin;
 pub use weighted::SmoothWeighted;
 
-use crate::config::Algorithm;
+/// Load-balancing algorithm, `[targets.load_balancing] type` in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    RoundRobin,
+    /// Smooth weighted round robin (nginx's algorithm).
+    Weighted,
+    /// Weighted random.
+    Random,
+    /// Fewest in-flight requests across all workers, relative to weight.
+    LeastConnections,
+}
+
+impl Algorithm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::Weighted => "weighted",
+            Algorithm::Random => "random",
+            Algorithm::LeastConnections => "least_connections",
+        }
+    }
+}
 
 /// The targets a pick chooses from: weights, in snapshot order, and which are excluded
 /// (already tried for this request, or down).

@@ -54,7 +54,7 @@ impl Random {
 #[cfg(test)]
 mod tests {
     use super::super::{Balancer, test_support::distribution};
-    use crate::config::Algorithm;
+    use crate::balance::Algorithm;
 
     #[test]
     fn same_seed_same_sequence() {

@@ -25,7 +25,7 @@ impl RoundRobin {
 mod tests {
     use super::super::{Balancer, test_support::distribution};
     use super::*;
-    use crate::config::Algorithm;
+    use crate::balance::Algorithm;
 
     #[test]
     fn alternates_between_two_targets() {

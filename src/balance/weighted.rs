@@ -43,7 +43,7 @@ impl SmoothWeighted {
 mod tests {
     use super::super::{Balancer, test_support::distribution};
     use super::*;
-    use crate::config::Algorithm;
+    use crate::balance::Algorithm;
 
     #[test]
     fn five_one_one_is_smooth() {

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::balance::Algorithm;
 pub use snapshot::{Snapshot, TargetSpec};
 
 /// A fully validated configuration. Only [`load`] and [`parse`] build one.
@@ -182,29 +183,6 @@ pub struct Target {
     /// Per-target override of `timeouts.upstream_response`.
     pub timeout: Option<Duration>,
     pub rewrite_host: bool,
-}
-
-/// Load-balancing algorithm, `[targets.load_balancing] type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    RoundRobin,
-    /// Smooth weighted round robin (nginx's algorithm).
-    Weighted,
-    /// Weighted random.
-    Random,
-    /// Fewest in-flight requests across all workers, relative to weight.
-    LeastConnections,
-}
-
-impl Algorithm {
-    pub fn name(self) -> &'static str {
-        match self {
-            Algorithm::RoundRobin => "round_robin",
-            Algorithm::Weighted => "weighted",
-            Algorithm::Random => "random",
-            Algorithm::LeastConnections => "least_connections",
-        }
-    }
 }
 
 /// `[targets.health_check]`: active probes run by the control thread, and passive checks

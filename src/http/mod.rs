@@ -5,6 +5,7 @@
 pub mod body;
 pub mod canned;
 pub mod encode;
+pub mod host;
 pub mod parse;
 
 pub use parse::{Body, RequestError, RequestHead, ResponseError, ResponseHead, Span};

@@ -6,6 +6,7 @@
 use std::mem::MaybeUninit;
 
 use super::MAX_HEADERS;
+use super::host::HostName;
 
 /// A byte range of the buffer a head was parsed from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -68,6 +69,17 @@ impl Fields {
             list: Vec::with_capacity(n),
             skip: 0,
         }
+    }
+
+    /// Append `h` as a field of `buf`; returns what it is for framing and forwarding, and
+    /// its value.
+    fn push<'b>(&mut self, buf: &[u8], h: &httparse::Header<'b>) -> (Known, &'b [u8]) {
+        let name = h.name.as_bytes();
+        self.list.push(Field {
+            name: Span::within(buf, name),
+            value: Span::within(buf, h.value),
+        });
+        (Known::of(name), h.value)
     }
 
     /// The fields forwarded as they are.
@@ -195,8 +207,44 @@ fn is_unsupported_coding_list(value: &[u8]) -> bool {
         })
 }
 
-fn name_is(f: &[u8], name: &[u8]) -> bool {
-    f.eq_ignore_ascii_case(name)
+/// The fields parsing looks at; every other name is [`Known::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Known {
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Expect,
+    Upgrade,
+    XForwardedFor,
+    XForwardedProto,
+    XForwardedHost,
+    /// `TE`, `Trailer`, `Keep-Alive`, `Proxy-Connection`: hop-by-hop, never forwarded.
+    HopByHop,
+    Other,
+}
+
+impl Known {
+    /// Matched by length first: one comparison for most names.
+    fn of(name: &[u8]) -> Known {
+        let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+        match name.len() {
+            2 if is(b"te") => Known::HopByHop,
+            4 if is(b"host") => Known::Host,
+            6 if is(b"expect") => Known::Expect,
+            7 if is(b"upgrade") => Known::Upgrade,
+            7 if is(b"trailer") => Known::HopByHop,
+            10 if is(b"connection") => Known::Connection,
+            10 if is(b"keep-alive") => Known::HopByHop,
+            14 if is(b"content-length") => Known::ContentLength,
+            15 if is(b"x-forwarded-for") => Known::XForwardedFor,
+            16 if is(b"proxy-connection") => Known::HopByHop,
+            16 if is(b"x-forwarded-host") => Known::XForwardedHost,
+            17 if is(b"transfer-encoding") => Known::TransferEncoding,
+            17 if is(b"x-forwarded-proto") => Known::XForwardedProto,
+            _ => Known::Other,
+        }
+    }
 }
 
 /// Why a request head is refused; each maps to one status in [`RequestError::status`].
@@ -250,8 +298,10 @@ pub struct RequestHead {
     /// authority. May start with `?` (absolute-form with empty path) or be `*`.
     pub path: Span,
     pub minor_version: u8,
-    /// What routing uses: the absolute-form authority if there was one, else `Host`.
+    /// The absolute-form authority if there was one, else `Host`, as it came.
     pub host: Span,
+    /// The name in `host`, validated, as routing matches it.
+    pub name: HostName,
     pub fields: Fields,
     /// `X-Forwarded-For` fields (also in `skip`): merged with the client's address.
     pub xff: u128,
@@ -322,25 +372,18 @@ pub fn parse_request(
     let mut expect_continue = false;
     let mut upgrade_field = None;
     for (i, h) in req.headers.iter().enumerate() {
-        let name = h.name.as_bytes();
-        let value = h.value;
-        fields.list.push(Field {
-            name: Span::within(buf, name),
-            value: Span::within(buf, value),
-        });
+        let (kind, value) = fields.push(buf, h);
         let bit = 1u128 << i;
         // Values with CR/LF/NUL never reach here: httparse rejects CTLs in values.
-        match name.len() {
-            4 if name_is(name, b"host") => {
+        match kind {
+            Known::Host => {
                 hosts += 1;
                 host = Some(Span::within(buf, value.trim_ascii()));
-                fields.skip |= bit;
             }
-            14 if name_is(name, b"content-length") => {
+            Known::ContentLength => {
                 merge_length(&mut length, value).map_err(RequestError::Malformed)?;
-                fields.skip |= bit;
             }
-            17 if name_is(name, b"transfer-encoding") => {
+            Known::TransferEncoding => {
                 if !chunked && is_unsupported_coding_list(value) {
                     return Err(RequestError::NotImplemented("unsupported transfer coding"));
                 }
@@ -348,37 +391,34 @@ pub fn parse_request(
                     return Err(RequestError::Malformed("invalid Transfer-Encoding"));
                 }
                 chunked = true;
-                fields.skip |= bit;
             }
-            10 if name_is(name, b"connection") => {
+            Known::Connection => {
                 if !conn.add(buf, value) {
                     return Err(RequestError::Malformed("invalid Connection header"));
                 }
-                fields.skip |= bit;
             }
-            6 if name_is(name, b"expect") => {
+            Known::Expect => {
                 if !value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
                     return Err(RequestError::ExpectationFailed);
                 }
                 expect_continue = true;
-                fields.skip |= bit;
             }
-            7 if name_is(name, b"upgrade") => {
-                upgrade_field = Some(i);
-                fields.skip |= bit;
+            Known::Upgrade => upgrade_field = Some(i),
+            Known::XForwardedFor => xff |= bit,
+            // Dispa sets these itself.
+            Known::XForwardedProto | Known::XForwardedHost => {}
+            Known::HopByHop => {}
+            Known::Other => {
+                // A name with `_` could be read as a framing field by a target that maps
+                // `_` to `-` (CGI, WSGI): `Transfer_Encoding`. Dropped, as nginx drops
+                // every such name by default (`underscores_in_headers off`).
+                if h.name.as_bytes().contains(&b'_') {
+                    fields.skip |= bit;
+                }
+                continue;
             }
-            15 if name_is(name, b"x-forwarded-for") => {
-                xff |= bit;
-                fields.skip |= bit;
-            }
-            2 if name_is(name, b"te") => fields.skip |= bit,
-            7 if name_is(name, b"trailer") => fields.skip |= bit,
-            10 if name_is(name, b"keep-alive") => fields.skip |= bit,
-            16 if name_is(name, b"proxy-connection") => fields.skip |= bit,
-            17 if name_is(name, b"x-forwarded-proto") => fields.skip |= bit,
-            16 if name_is(name, b"x-forwarded-host") => fields.skip |= bit,
-            _ => {}
         }
+        fields.skip |= bit;
     }
     conn.strip_named(buf, &mut fields);
 
@@ -403,10 +443,9 @@ pub fn parse_request(
         (None, Some(h)) => h,
         (None, None) => return Err(RequestError::Malformed("missing Host header")),
     };
-    let mut norm = [0u8; crate::route::MAX_HOST_LEN];
-    if crate::route::normalize_host(host.of(buf), &mut norm).is_none() {
+    let Some(name) = HostName::parse(buf, host) else {
         return Err(RequestError::Malformed("invalid Host"));
-    }
+    };
     let body = if chunked {
         Body::Chunked
     } else {
@@ -436,6 +475,7 @@ pub fn parse_request(
         path,
         minor_version: minor,
         host,
+        name,
         fields,
         xff,
         body,
@@ -542,40 +582,28 @@ pub fn parse_response(
     let mut chunked = false;
     let mut transfer_encoding = false;
     for (i, h) in res.headers.iter().enumerate() {
-        let name = h.name.as_bytes();
-        let value = h.value;
-        fields.list.push(Field {
-            name: Span::within(buf, name),
-            value: Span::within(buf, value),
-        });
-        let bit = 1u128 << i;
-        match name.len() {
-            14 if name_is(name, b"content-length") => {
+        let (kind, value) = fields.push(buf, h);
+        match kind {
+            Known::ContentLength => {
                 merge_length(&mut length, value).map_err(ResponseError::Malformed)?;
-                fields.skip |= bit;
             }
-            17 if name_is(name, b"transfer-encoding") => {
+            Known::TransferEncoding => {
                 if transfer_encoding || !is_plain_chunked(value) {
                     return Err(ResponseError::Malformed("unsupported Transfer-Encoding"));
                 }
                 transfer_encoding = true;
                 chunked = true;
-                fields.skip |= bit;
             }
-            10 if name_is(name, b"connection") => {
+            Known::Connection => {
                 if !conn.add(buf, value) {
                     return Err(ResponseError::Malformed("invalid Connection header"));
                 }
-                fields.skip |= bit;
             }
             // Upgrade is kept only on a 101, where the writer emits it itself.
-            7 if name_is(name, b"upgrade") => fields.skip |= bit,
-            10 if name_is(name, b"keep-alive") => fields.skip |= bit,
-            16 if name_is(name, b"proxy-connection") => fields.skip |= bit,
-            7 if name_is(name, b"trailer") => fields.skip |= bit,
-            2 if name_is(name, b"te") => fields.skip |= bit,
-            _ => {}
+            Known::Upgrade | Known::HopByHop => {}
+            _ => continue,
         }
+        fields.skip |= 1u128 << i;
     }
     conn.strip_named(buf, &mut fields);
     if chunked && length.is_some() {

@@ -14,10 +14,10 @@ use super::buf::{ReadBuf, write_vec};
 use super::forward::{self, Next};
 use super::relay::Tap;
 use super::{Active, NONE, Worker, relay};
+use crate::http::host::MAX_HOST_LEN;
 use crate::http::parse::{RequestLimits, field, parse_request};
 use crate::http::{Body, RequestError, RequestHead, canned};
 use crate::msg::{Captured, RecordText, TrafficRecord};
-use crate::route::{MAX_HOST_LEN, normalize_host};
 
 /// Initial capacity of a connection's buffers (grown up to the configured limits).
 pub const BUF_START: usize = 4 * 1024;
@@ -328,12 +328,14 @@ impl Conn {
     async fn handle(&mut self, active: &Active, head: RequestHead) -> Next {
         let start = Instant::now();
         self.outcome = Outcome::default();
-        let mut host_buf = [0u8; MAX_HOST_LEN];
-        let host = normalize_host(head.host.of(self.rbuf.data()), &mut host_buf);
-        let rule = host.and_then(|h| active.snapshot.routes.lookup(h));
+        let rule = {
+            let mut scratch = [0u8; MAX_HOST_LEN];
+            let host = head.name.as_str(self.rbuf.data(), &mut scratch);
+            active.snapshot.routes.lookup(host)
+        };
         self.worker.stats.requests.inc();
         if active.snapshot.config.logging.enabled {
-            self.begin_record(active, &head, host);
+            self.begin_record(active, &head);
         }
         let limit = active.snapshot.config.limits.max_body_bytes;
         let next = match rule {
@@ -385,8 +387,10 @@ impl Conn {
     }
 
     /// Copy what the record needs from the head while it is still in the buffer.
-    fn begin_record(&mut self, active: &Active, head: &RequestHead, host: Option<&str>) {
+    fn begin_record(&mut self, active: &Active, head: &RequestHead) {
         let data = self.rbuf.data();
+        let mut scratch = [0u8; MAX_HOST_LEN];
+        let host = head.name.as_str(data, &mut scratch);
         let mut draft = self.new_draft(head.minor_version);
         match field(data, &head.fields, b"x-request-id").and_then(usable_request_id) {
             Some(id) => draft.push(RecordText::Id, id),
@@ -397,11 +401,8 @@ impl Conn {
             }
         }
         draft.push_bytes(RecordText::Method, head.method.of(data));
-        // The normalized host (what matching used), else the raw value.
-        match host {
-            Some(h) => draft.push(RecordText::Host, h),
-            None => draft.push_bytes(RecordText::Host, head.host.of(data)),
-        }
+        // The normalized host: what matching used.
+        draft.push(RecordText::Host, host);
         let target = head.path.of(data);
         let (path, query) = match target.iter().position(|&b| b == b'?') {
             Some(i) => (&target[..i], &target[i + 1..]),
@@ -415,8 +416,7 @@ impl Conn {
             .snapshot
             .capture
             .as_ref()
-            .zip(host)
-            .is_some_and(|(c, h)| c.intercepts(h));
+            .is_some_and(|c| c.intercepts(host));
         let room = if captured {
             let settings = &active.snapshot.config.logging.capture;
             let mut c = Box::<Captured>::default();

@@ -210,6 +210,27 @@ fn connection_named_fields_and_h2c_are_not_forwarded() {
     }
 }
 
+/// A target that maps `_` to `-` (CGI, WSGI) would read `Transfer_Encoding` as framing:
+/// such names never reach it, and the request is framed by its real Content-Length.
+#[test]
+fn field_names_with_underscores_are_not_forwarded() {
+    let b = RawBackend::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let p = proxy(&config(&[b.addr], "round_robin", ""));
+    let r = raw(
+        p.local_addr(),
+        b"POST /a HTTP/1.1\r\nHost: example.com\r\nTransfer_Encoding: chunked\r\nContent_Length: 99\r\nX_Custom: 1\r\nX-Kept: 2\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    assert_eq!(r.status, 200);
+    let whole = eventually(IO_TIMEOUT, || b.connection(0).ends_with("hello"));
+    let seen = b.connection(0).to_ascii_lowercase();
+    assert!(whole, "{seen}");
+    for name in ["transfer_encoding", "content_length", "x_custom"] {
+        assert!(!seen.contains(name), "{name} forwarded: {seen}");
+    }
+    assert!(seen.contains("x-kept: 2\r\n"), "{seen}");
+    assert!(seen.ends_with("content-length: 5\r\n\r\nhello"), "{seen}");
+}
+
 #[test]
 fn absolute_form_for_a_host_not_intercepted_is_never_forwarded() {
     let b = Backend::named("b");
