@@ -8,14 +8,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, bounded};
+use crossbeam_channel::{Sender, bounded};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::snapshot::Registry;
 use crate::config::{Config, Snapshot};
-use crate::logging::{Logger, LoggingStats};
-use crate::msg::{WorkerEvent, WorkerMsg, WorkerReady};
-use crate::worker::{self, WorkerStats};
+use crate::control;
+use crate::logging::Logger;
+use crate::msg::{LoggingStats, WorkerLink, WorkerMsg, WorkerReady, WorkerStats};
+use crate::worker;
 
 #[derive(Debug)]
 pub enum Error {
@@ -46,25 +47,15 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-struct WorkerHandle {
-    inbox_tx: Sender<WorkerMsg>,
-    thread: Option<JoinHandle<()>>,
-}
-
 /// Capacity of the channel from all workers to the control thread. Workers report about
 /// four times a second; this leaves seconds of slack before a report has to wait.
 const EVENTS_CAPACITY: usize = 4096;
 
-/// A started Dispa.
+/// A started Dispa: its workers and logging thread, until they are handed to the control
+/// thread ([`Running::into_control`]) or stopped.
 pub struct Running {
     local_addr: SocketAddr,
-    workers: Vec<WorkerHandle>,
-    stats: Vec<Arc<WorkerStats>>,
-    drivers: Vec<&'static str>,
-    snapshot: Arc<Snapshot>,
-    registry: Registry,
-    events_rx: Receiver<WorkerEvent>,
-    logger: Logger,
+    parts: control::Parts,
 }
 
 impl Running {
@@ -73,90 +64,61 @@ impl Running {
         self.local_addr
     }
 
-    /// Each worker's counters, by worker id.
-    pub fn stats(&self) -> &[Arc<WorkerStats>] {
-        &self.stats
+    /// The worker with this id's counters.
+    pub fn stats(&self) -> Vec<Arc<WorkerStats>> {
+        self.parts.workers.iter().map(|w| w.stats.clone()).collect()
     }
 
     /// The I/O driver each worker runs (`io_uring` or `epoll`).
     pub fn drivers(&self) -> &[&'static str] {
-        &self.drivers
+        &self.parts.drivers
     }
 
     pub fn snapshot(&self) -> &Arc<Snapshot> {
-        &self.snapshot
+        &self.parts.snapshot
     }
 
     /// The logging thread's counters.
     pub fn logging_stats(&self) -> &Arc<LoggingStats> {
-        self.logger.stats()
+        self.parts.logging.stats()
     }
 
-    /// Give the logging thread its normal share of the CPU back if it is falling behind
-    /// (called by the control thread on every tick).
-    pub fn watch_logging(&self) {
-        self.logger.watch();
+    /// Hand everything to the control thread (`control::start`), which then decides when
+    /// it stops.
+    pub fn into_control(self) -> control::Parts {
+        self.parts
     }
 
-    /// What workers report (stats, passive health); read by the control thread.
-    pub fn events(&self) -> &Receiver<WorkerEvent> {
-        &self.events_rx
+    /// Stop accepting, let in-flight requests finish (up to `drain`), and join the workers;
+    /// then the logging thread writes everything queued and ends.
+    pub fn shutdown(self, drain: Duration) {
+        (self.parts.stop)(drain);
     }
+}
 
-    /// Build the next snapshot from `config` (target identities kept by name and address)
-    /// and send it to every worker. Returns it.
-    pub fn publish(
-        &mut self,
-        config: Config,
-        available: &dyn Fn(&str, SocketAddr) -> bool,
-    ) -> Arc<Snapshot> {
-        let generation = self.snapshot.generation + 1;
-        let workers = self.workers.len();
-        if config.logging != self.snapshot.config.logging {
-            self.logger.reconfigure(config.logging.clone());
-        }
-        let snapshot = Arc::new(Snapshot::build(
-            config,
-            generation,
-            workers,
-            &mut self.registry,
-            available,
-        ));
-        for w in &self.workers {
-            // A worker that has exited no longer needs snapshots.
-            let _ = w.inbox_tx.send(WorkerMsg::Snapshot(snapshot.clone()));
-        }
-        self.snapshot = snapshot.clone();
-        snapshot
-    }
+/// Stops the workers and then the logging thread, in that order; also when dropped
+/// without being asked (a test's `Running` going out of scope).
+struct Stopper {
+    workers: Vec<(Sender<WorkerMsg>, JoinHandle<()>)>,
+    logger: Logger,
+}
 
-    /// Stop accepting, let in-flight requests finish (up to `drain`), and join the workers.
-    pub fn shutdown(mut self, drain: Duration) {
-        self.stop(drain);
-    }
-
-    /// Like [`Running::shutdown`], for an owner that cannot give the value up.
-    pub fn stop_workers(&mut self, drain: Duration) {
-        self.stop(drain);
-    }
-
+impl Stopper {
     fn stop(&mut self, drain: Duration) {
         // Nobody watches the records queue while the workers drain.
-        self.logger.stay_normal();
-        for w in &self.workers {
-            let _ = w.inbox_tx.send(WorkerMsg::Shutdown { drain });
+        self.logger.link().stay_normal();
+        for (inbox_tx, _) in &self.workers {
+            let _ = inbox_tx.send(WorkerMsg::Shutdown { drain });
         }
-        for w in &mut self.workers {
-            if let Some(t) = w.thread.take() {
-                let _ = t.join();
-            }
+        for (_, thread) in self.workers.drain(..) {
+            let _ = thread.join();
         }
         // The workers' record senders are gone: everything they sent gets written.
         self.logger.finish();
     }
 }
 
-impl Drop for Running {
+impl Drop for Stopper {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(1));
     }
@@ -205,18 +167,15 @@ pub fn start(config: Config, workers: Option<usize>) -> Result<Running, Error> {
     let (ready_tx, ready_rx) = bounded(count);
     let (events_tx, events_rx) = bounded(EVENTS_CAPACITY);
     let (records_tx, records_rx) = crate::msg::record_queue(snapshot.config.logging.queue_size);
+    let hints = snapshot.config.server.scheduler_hints;
     let logger =
-        Logger::start(snapshot.config.logging.clone(), records_rx).map_err(Error::Thread)?;
-    let mut running = Running {
-        local_addr,
+        Logger::start(snapshot.config.logging.clone(), records_rx, hints).map_err(Error::Thread)?;
+    let logging = logger.link().clone();
+    let mut stopper = Stopper {
         workers: Vec::with_capacity(count),
-        stats: Vec::with_capacity(count),
-        drivers: vec![""; count],
-        snapshot: snapshot.clone(),
-        registry,
-        events_rx,
         logger,
     };
+    let mut links = Vec::with_capacity(count);
     for (id, listener) in listeners.into_iter().enumerate() {
         let (inbox_tx, inbox_rx) = bounded(64);
         let stats = Arc::new(WorkerStats::default());
@@ -236,16 +195,14 @@ pub fn start(config: Config, workers: Option<usize>) -> Result<Running, Error> {
             .name(format!("dispa-worker-{id}"))
             .spawn(move || worker::run(start))
             .map_err(Error::Thread)?;
-        running.workers.push(WorkerHandle {
-            inbox_tx,
-            thread: Some(thread),
-        });
-        running.stats.push(stats);
+        stopper.workers.push((inbox_tx.clone(), thread));
+        links.push(WorkerLink { inbox_tx, stats });
     }
     drop(ready_tx);
+    let mut drivers = vec![""; count];
     for _ in 0..count {
         match ready_rx.recv() {
-            Ok(WorkerReady::Up { id, driver }) => running.drivers[id] = driver,
+            Ok(WorkerReady::Up { id, driver }) => drivers[id] = driver,
             Ok(WorkerReady::Failed { id, reason }) => return Err(Error::Worker { id, reason }),
             Err(_) => {
                 return Err(Error::Worker {
@@ -255,7 +212,21 @@ pub fn start(config: Config, workers: Option<usize>) -> Result<Running, Error> {
             }
         }
     }
-    Ok(running)
+    Ok(Running {
+        local_addr,
+        parts: control::Parts {
+            snapshot,
+            registry,
+            workers: links,
+            drivers,
+            events_rx,
+            logging,
+            stop: Box::new(move |drain| {
+                let mut stopper = stopper;
+                stopper.stop(drain);
+            }),
+        },
+    })
 }
 
 /// One listener per worker on the same address. A probe bound without SO_REUSEPORT first

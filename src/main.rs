@@ -208,7 +208,7 @@ fn serve(
     let workers = running.drivers().len();
     let io = running.drivers().first().copied().unwrap_or("");
     signals::install();
-    let control = match control::start(running, path) {
+    let control = match control::start(running.into_control(), path) {
         Ok(handle) => handle,
         Err(e) => {
             tracing::error!("{e}");

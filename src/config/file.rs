@@ -262,9 +262,11 @@ fn server(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Server {
     let uring_entries = s.uint("uring_entries", 1024, 8, 32768, errors) as u32;
     let backlog = s.uint("backlog", 4096, 1, 65535, errors) as u32;
     let shutdown_timeout = s.duration("shutdown_timeout", Duration::from_secs(30), errors);
+    let scheduler_hints = s.bool("scheduler_hints", true, errors);
     s.finish(errors);
     Server {
         shutdown_timeout,
+        scheduler_hints,
         bind,
         workers,
         io_driver,

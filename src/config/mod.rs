@@ -133,6 +133,9 @@ pub struct Server {
     pub backlog: u32,
     /// `server.shutdown_timeout`: how long in-flight requests may run after SIGTERM/SIGINT.
     pub shutdown_timeout: Duration,
+    /// `server.scheduler_hints`: short time slices, a background logging thread and heap
+    /// trims (`crate::sched`).
+    pub scheduler_hints: bool,
 }
 
 /// Which monoio driver a worker builds.

@@ -94,7 +94,7 @@ async fn handle(
     if req.method == "POST" && status == 200 {
         // Answer once every worker runs the new snapshot, so that what the caller sends
         // next already sees the change.
-        let target = state.borrow().running.snapshot().generation;
+        let target = state.borrow().fleet.snapshot().generation;
         let deadline = Instant::now() + Duration::from_secs(2);
         while state.borrow().applied_generation() < target && Instant::now() < deadline {
             monoio::time::sleep(Duration::from_millis(5)).await;
@@ -142,7 +142,7 @@ fn route(
         (Endpoint::Status, "/ready") if get => {
             let s = state.borrow();
             let up = s
-                .running
+                .fleet
                 .snapshot()
                 .targets
                 .iter()
@@ -183,7 +183,7 @@ fn route(
             };
             let mut s = state.borrow_mut();
             let key = s
-                .running
+                .fleet
                 .snapshot()
                 .targets
                 .iter()
@@ -242,16 +242,16 @@ fn unix_seconds(t: SystemTime) -> f64 {
 }
 
 fn health(s: &State) -> String {
-    let snap = s.running.snapshot();
+    let snap = s.fleet.snapshot();
     let mut body = String::new();
     let mut o = Object::new(&mut body);
     o.str("status", "ok")
         .str("version", env!("CARGO_PKG_VERSION"))
         .num("uptime_seconds", s.started.elapsed().as_secs())
-        .num("workers", s.running.drivers().len())
+        .num("workers", s.fleet.drivers().len())
         .str(
             "io_driver",
-            s.running.drivers().first().copied().unwrap_or(""),
+            s.fleet.drivers().first().copied().unwrap_or(""),
         )
         .num("generation", snap.generation)
         .num("applied_generation", s.applied_generation());
@@ -271,7 +271,7 @@ fn health(s: &State) -> String {
 }
 
 fn targets(s: &State) -> String {
-    let snap = s.running.snapshot();
+    let snap = s.fleet.snapshot();
     let now = Instant::now();
     let mut body = String::from("[");
     for (i, t) in snap.targets.iter().enumerate() {

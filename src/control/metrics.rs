@@ -113,11 +113,11 @@ fn class_label(class: u8) -> String {
 pub fn render(state: &State) -> String {
     use MetricType::{COUNTER, GAUGE, HISTOGRAM};
     let t = &state.totals;
-    let stats = state.running.stats();
-    let sum = |f: &dyn Fn(&crate::worker::WorkerStats) -> u64| {
+    let stats = state.fleet.stats();
+    let sum = |f: &dyn Fn(&crate::msg::WorkerStats) -> u64| {
         stats.iter().map(|s| f(s)).sum::<u64>() as f64
     };
-    let snap = state.running.snapshot();
+    let snap = state.fleet.snapshot();
     let mut fams = Vec::new();
 
     let mut requests: Vec<_> = t.requests.iter().collect();
@@ -347,7 +347,7 @@ pub fn render(state: &State) -> String {
             ),
         ],
     ));
-    let ls = state.running.logging_stats();
+    let ls = state.fleet.logging_stats();
     fams.push(family(
         "dispa_traffic_records_total",
         "Traffic records written, by sink.",

@@ -6,9 +6,9 @@
 //! request.
 
 mod api;
+mod fleet;
 mod health;
 mod json;
-mod memory;
 mod metrics;
 mod reload;
 pub mod signals;
@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::TryRecvError;
 
-use crate::boot::Running;
 use crate::config::Config;
-use crate::msg::WorkerEvent;
+use crate::msg::{WorkerEvent, WorkerStats};
+use fleet::Fleet;
+pub use fleet::Parts;
 
 /// How often the control loop looks at worker events, signals and cool-downs.
 const TICK: Duration = Duration::from_millis(100);
@@ -99,7 +100,7 @@ impl Drop for Handle {
 
 /// Everything the control thread's tasks share (one thread: `Rc<RefCell<_>>`).
 pub(crate) struct State {
-    running: Running,
+    fleet: Fleet,
     config_path: Option<PathBuf>,
     fingerprint: Option<(std::time::SystemTime, u64, u64)>,
     health: health::Book,
@@ -114,7 +115,7 @@ pub(crate) struct State {
 
 impl State {
     fn config(&self) -> &Config {
-        &self.running.snapshot().config
+        &self.fleet.snapshot().config
     }
 
     /// Push a snapshot of `config` with the current health to every worker.
@@ -130,7 +131,7 @@ impl State {
         self.health.configure(&config.targets.health_check, now);
         let health = &self.health;
         let snap = self
-            .running
+            .fleet
             .publish(config, &|name, addr| health.available(name, addr, now));
         let up = snap.targets.iter().filter(|t| t.available).count();
         // Said once per transition, not per request.
@@ -150,7 +151,7 @@ impl State {
 
     /// Reload the config file; every error is logged and kept for the status API.
     fn reload(&mut self, trigger: &str) -> reload::Outcome {
-        let generation = self.running.snapshot().generation;
+        let generation = self.fleet.snapshot().generation;
         let mut outcome = reload::Outcome {
             at: std::time::SystemTime::now(),
             trigger: trigger.to_string(),
@@ -177,7 +178,7 @@ impl State {
                 self.reloads_ok += 1;
                 outcome.ok = true;
                 outcome.restart_required = restart;
-                outcome.generation = self.running.snapshot().generation;
+                outcome.generation = self.fleet.snapshot().generation;
                 tracing::info!(trigger, generation = outcome.generation, "config reloaded");
             }
             Err(errors) => {
@@ -194,7 +195,7 @@ impl State {
 
     /// The oldest snapshot generation a worker still starts new requests on.
     fn applied_generation(&self) -> u64 {
-        self.running
+        self.fleet
             .stats()
             .iter()
             .map(|s| s.generation.get())
@@ -204,7 +205,7 @@ impl State {
 
     /// The target of the current snapshot with this id, as a health key.
     fn key_of(&self, id: u64) -> Option<health::Key> {
-        let snap = self.running.snapshot();
+        let snap = self.fleet.snapshot();
         snap.targets
             .iter()
             .find(|t| t.id == id)
@@ -212,10 +213,11 @@ impl State {
     }
 }
 
-/// Start the control thread for `running`. `config_path` is the file to reload (none for
-/// the demo). Binds the status and metrics listeners before returning.
-pub fn start(running: Running, config_path: Option<PathBuf>) -> Result<Handle, Error> {
-    let monitoring = running.snapshot().config.monitoring.clone();
+/// Start the control thread on the `parts` boot started. `config_path` is the file to
+/// reload (none for the demo). Binds the status and metrics listeners before returning.
+pub fn start(parts: Parts, config_path: Option<PathBuf>) -> Result<Handle, Error> {
+    let fleet = Fleet::new(parts);
+    let monitoring = fleet.snapshot().config.monitoring.clone();
     let bind = |what, addr| {
         let l = std::net::TcpListener::bind(addr).map_err(|source| Error::Bind {
             what,
@@ -240,7 +242,7 @@ pub fn start(running: Running, config_path: Option<PathBuf>) -> Result<Handle, E
     let stop_flag = stop.clone();
     let now = Instant::now();
     let mut health = health::Book::default();
-    let keys: Vec<health::Key> = running
+    let keys: Vec<health::Key> = fleet
         .snapshot()
         .targets
         .iter()
@@ -249,7 +251,7 @@ pub fn start(running: Running, config_path: Option<PathBuf>) -> Result<Handle, E
     health.retain(&keys, now);
     let state = State {
         fingerprint: config_path.as_deref().and_then(reload::fingerprint),
-        running,
+        fleet,
         config_path,
         health,
         totals: metrics::Totals::default(),
@@ -301,7 +303,7 @@ async fn run(
         }
     }
     let mut last_file_check = Instant::now();
-    let mut trim = memory::Trim::new();
+    let mut trim = crate::sched::HeapTrim::default();
     loop {
         monoio::time::sleep(TICK).await;
         let now = Instant::now();
@@ -309,10 +311,16 @@ async fn run(
         {
             let mut s = state.borrow_mut();
             let s = &mut *s;
-            s.running.watch_logging();
-            trim.tick(s.running.stats(), now);
+            s.fleet.watch_logging();
+            if s.config().server.scheduler_hints {
+                let stats = s.fleet.stats();
+                let sum = |f: fn(&WorkerStats) -> u64| stats.iter().map(|w| f(w)).sum::<u64>();
+                let requests = sum(|w| w.requests.get());
+                let busy = sum(|w| w.busy_requests.get());
+                trim.tick(requests, busy, sum(|w| w.parked.get()), now);
+            }
             loop {
-                match s.running.events().try_recv() {
+                match s.fleet.events().try_recv() {
                     Ok(WorkerEvent::Stats(report)) => s.totals.add(*report),
                     Ok(WorkerEvent::Target { id, ok }) => {
                         let cfg = s.config().targets.health_check.clone();
@@ -358,7 +366,7 @@ async fn run(
         ?drain,
         "stopping: no new connections, finishing requests in flight"
     );
-    state.borrow_mut().running.stop_workers(drain);
+    state.borrow_mut().fleet.stop(drain);
 }
 
 /// Start a probe for every target that is due and not being probed already (a hanging
@@ -375,7 +383,7 @@ fn spawn_probes(state: &Rc<RefCell<State>>, now: Instant) {
     for key in due {
         let (host, addr) = {
             let s = state.borrow();
-            let snap = s.running.snapshot();
+            let snap = s.fleet.snapshot();
             let Some(t) = snap
                 .targets
                 .iter()

@@ -45,6 +45,10 @@ pub fn load(path: &Path, running: &Config) -> Result<(Config, Vec<String>), Vec<
         old.uring_entries != new.uring_entries,
     );
     differs("server.backlog", old.backlog != new.backlog);
+    differs(
+        "server.scheduler_hints",
+        old.scheduler_hints != new.scheduler_hints,
+    );
     let (om, nm) = (&running.monitoring, &next.monitoring);
     differs("monitoring.enabled", om.enabled != nm.enabled);
     differs("monitoring.health_bind", om.health_bind != nm.health_bind);

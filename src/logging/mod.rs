@@ -6,7 +6,6 @@
 //! worker has gone (their senders dropped), it writes what it holds and ends.
 
 pub mod file;
-mod priority;
 pub mod record;
 pub mod sqlite;
 
@@ -14,25 +13,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, TryRecvError};
 
 use crate::config::Logging;
-use crate::msg::TrafficRecord;
-use crate::worker::stats::Counter;
-use priority::Priority;
-
-/// Counters of the logging thread (its only writer).
-#[derive(Debug, Default)]
-pub struct LoggingStats {
-    pub written_file: Counter,
-    pub written_database: Counter,
-    /// Records a failing sink could not take.
-    pub lost_file: Counter,
-    pub lost_database: Counter,
-    pub errors_file: Counter,
-    pub errors_database: Counter,
-    pub batches: Counter,
-}
+use crate::msg::{Counter, LoggingLink, LoggingMsg, LoggingStats, TrafficRecord};
+use crate::sched::BatchClass;
 
 /// How often retention runs, and how long a failed sink rests before it is tried again.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
@@ -46,79 +31,48 @@ const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 /// The running logging thread.
 pub struct Logger {
     thread: Option<JoinHandle<()>>,
-    control_tx: Sender<Control>,
-    stats: Arc<LoggingStats>,
-    priority: Arc<Priority>,
-}
-
-/// What the logging thread is told besides records.
-enum Control {
-    /// New settings: write what is batched with the old ones first.
-    Settings(Logging),
-    /// The workers have exited: write everything queued, then end.
-    Finish,
+    link: LoggingLink,
 }
 
 impl Logger {
+    /// Start the logging thread on `records_rx`. `hints`: `server.scheduler_hints` (see
+    /// `crate::sched`).
     pub fn start(
         settings: Logging,
         records_rx: Receiver<TrafficRecord>,
+        hints: bool,
     ) -> std::io::Result<Logger> {
         let stats = Arc::new(LoggingStats::default());
         let (control_tx, control_rx) = crossbeam_channel::bounded(4);
-        let thread_stats = stats.clone();
-        let priority = Arc::new(Priority::new(records_rx.clone(), settings.queue_size));
-        let thread_priority = priority.clone();
+        let class = Arc::new(BatchClass::new(
+            records_rx.clone(),
+            settings.queue_size,
+            hints,
+        ));
+        let link = LoggingLink::new(control_tx, stats.clone(), class.clone());
         let thread = std::thread::Builder::new()
             .name("dispa-logging".into())
             .spawn(move || {
-                let _started = thread_priority.start();
-                let writer = Writer::new(settings, thread_stats, thread_priority.clone());
+                let _started = class.start();
+                let writer = Writer::new(settings, stats, class.clone());
                 writer.run(records_rx, control_rx);
             })?;
         Ok(Logger {
             thread: Some(thread),
-            control_tx,
-            stats,
-            priority,
+            link,
         })
     }
 
-    /// Called by the control thread on every tick: a logging thread falling behind gets
-    /// its normal share of the CPU back (see [`priority`]).
-    pub fn watch(&self) {
-        self.priority.watch();
-    }
-
-    pub fn stats(&self) -> &Arc<LoggingStats> {
-        &self.stats
-    }
-
-    /// New recording settings: what is batched so far is written first, with the old ones.
-    /// Never waits (it is called from the control thread): if the logging thread has
-    /// not taken the previous settings yet, these are not applied, and that is logged.
-    pub fn reconfigure(&self, settings: Logging) {
-        if self
-            .control_tx
-            .try_send(Control::Settings(settings))
-            .is_err()
-        {
-            tracing::warn!("logging thread busy: new recording settings not applied; reload again");
-        }
-    }
-
-    /// From now on the logging thread stays a normal thread (for a stop: see
-    /// [`priority::Priority::stay_normal`]).
-    pub fn stay_normal(&self) {
-        self.priority.stay_normal();
+    /// What the control thread holds of this logging thread.
+    pub fn link(&self) -> &LoggingLink {
+        &self.link
     }
 
     /// Write every record queued so far, then end the thread. Call after the workers have
     /// exited, so that nothing more can be queued.
     pub fn finish(&mut self) {
         if let Some(t) = self.thread.take() {
-            self.priority.stay_normal();
-            let _ = self.control_tx.send(Control::Finish);
+            self.link.finish();
             let _ = t.join();
         }
     }
@@ -208,11 +162,15 @@ struct Writer {
     batch: Vec<TrafficRecord>,
     /// The batch being written may pause for the workers (see `SqliteSink::write`).
     yield_cpu: bool,
-    priority: Arc<Priority>,
+    class: Arc<BatchClass<TrafficRecord>>,
 }
 
 impl Writer {
-    fn new(settings: Logging, stats: Arc<LoggingStats>, priority: Arc<Priority>) -> Self {
+    fn new(
+        settings: Logging,
+        stats: Arc<LoggingStats>,
+        class: Arc<BatchClass<TrafficRecord>>,
+    ) -> Self {
         Writer {
             file: file::FileSink::new(settings.file.clone()),
             db: sqlite::SqliteSink::new(settings.database.clone()),
@@ -220,7 +178,7 @@ impl Writer {
             settings,
             stats,
             yield_cpu: true,
-            priority,
+            class,
             file_failing: Failing::default(),
             db_failing: Failing::default(),
         }
@@ -229,7 +187,7 @@ impl Writer {
     /// Poll instead of blocking on the channel: a receiver blocked in `recv` makes every
     /// worker's `try_send` a futex wake-up and a context switch (measured: most of the
     /// recording cost). Sleeping between drains leaves senders nothing to wake.
-    fn run(mut self, records_rx: Receiver<TrafficRecord>, control_rx: Receiver<Control>) {
+    fn run(mut self, records_rx: Receiver<TrafficRecord>, control_rx: Receiver<LoggingMsg>) {
         let mut deadline = Instant::now() + self.settings.flush_interval;
         let mut next_retention = Instant::now();
         loop {
@@ -237,13 +195,13 @@ impl Writer {
             let mut finish = false;
             for message in control_rx.try_iter() {
                 match message {
-                    Control::Settings(settings) => {
+                    LoggingMsg::Settings(settings) => {
                         self.drain(&records_rx);
                         self.flush();
                         self.apply(settings);
                         deadline = Instant::now() + self.settings.flush_interval;
                     }
-                    Control::Finish => finish = true,
+                    LoggingMsg::Finish => finish = true,
                 }
             }
             let disconnected = self.drain(&records_rx);
@@ -251,7 +209,7 @@ impl Writer {
             if finish || disconnected {
                 break;
             }
-            self.priority.settle();
+            self.class.settle();
             if now >= deadline {
                 self.flush();
                 deadline = now + self.settings.flush_interval;

@@ -7,7 +7,6 @@ mod conn;
 mod forward;
 mod pool;
 mod relay;
-pub mod stats;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -25,6 +24,7 @@ use crate::config::{IoDriver, Snapshot, UringFlags};
 use crate::http::canned;
 use crate::msg::{
     Histogram, RecordSender, StatsReport, TrafficRecord, WorkerEvent, WorkerMsg, WorkerReady,
+    WorkerStats,
 };
 
 fn unix_secs() -> u64 {
@@ -33,7 +33,6 @@ fn unix_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 use pool::Pool;
-pub use stats::WorkerStats;
 
 /// How often a worker looks at its inbox (and ages out idle upstream connections).
 const INBOX_POLL: Duration = Duration::from_millis(50);
@@ -359,7 +358,9 @@ pub fn run(start: Start) {
             "could not pin worker to its CPU"
         );
     }
-    if let Err(e) = crate::sched::request_slice(crate::sched::WORKER_SLICE) {
+    if start.snapshot.config.server.scheduler_hints
+        && let Err(e) = crate::sched::request_slice(crate::sched::WORKER_SLICE)
+    {
         tracing::debug!(worker = id, error = %e, "scheduler ignored the worker's slice request");
     }
     let server = &start.snapshot.config.server;

@@ -569,7 +569,8 @@ pub fn controlled(toml: &str) -> Controlled {
     let cfg = dispa::config::load(&path).unwrap_or_else(|e| panic!("{e}\n{toml}"));
     let running = boot::start(cfg, Some(1)).expect("start dispa");
     let proxy = running.local_addr();
-    let control = dispa::control::start(running, Some(path.clone())).expect("start control");
+    let control =
+        dispa::control::start(running.into_control(), Some(path.clone())).expect("start control");
     Controlled {
         proxy,
         status: control.health_addr().unwrap(),

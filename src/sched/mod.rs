@@ -7,10 +7,21 @@
 //!   the field for normal threads.
 //! - the logging thread runs as `SCHED_IDLE` (a background class: it gets the CPU only
 //!   when no worker wants it, and a waking worker preempts it at once) while it keeps up,
-//!   and as a normal thread when its queue fills (see `logging::priority`). Coming back
+//!   and as a normal thread when its queue fills ([`BatchClass`]). Coming back
 //!   from `SCHED_IDLE` needs `CAP_SYS_NICE` or an `RLIMIT_NICE` that allows nice 0 (root
 //!   has both; systemd: `LimitNICE=+0`), so [`can_switch`] probes it first and the
 //!   background class is used only where both directions work.
+//! - the control thread gives memory freed by parked connections back to the system when
+//!   every worker is quiet ([`HeapTrim`]).
+//!
+//! All of it is behind one switch, `server.scheduler_hints` (on by default): off, no thread
+//! asks for a slice, the logging thread stays normal and the heap is never trimmed.
+
+mod batch;
+mod heap;
+
+pub use batch::{BatchClass, Started};
+pub use heap::HeapTrim;
 
 use std::time::Duration;
 

@@ -1,4 +1,5 @@
-//! Gives memory freed by parked connections back to the system once every worker is quiet.
+//! Gives memory freed by parked connections back to the system once every worker is quiet
+//! (on the control thread).
 //!
 //! glibc returns only the top of its heap by itself. A parked keep-alive connection frees
 //! its buffers, but they lie between the small allocations of connections that stay (their
@@ -7,40 +8,37 @@
 //! walks every arena and takes each arena's lock in turn (3.7-13 ms with 10,000
 //! connections), so it runs here, on the control thread, and only when for a whole tick no
 //! worker served a request and no connection parked (a wave of parking is over), none has
-//! a request in flight, at least [`Trim::MIN_PARKED`] connections parked since the last
-//! trim, and not more than every [`Trim::EVERY`].
+//! a request in flight, at least [`HeapTrim::MIN_PARKED`] connections parked since the last
+//! trim, and not more than every [`HeapTrim::EVERY`].
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::worker::stats::WorkerStats;
-
-pub struct Trim {
+pub struct HeapTrim {
     last: Instant,
     requests: u64,
     parked: u64,
     parked_at_last: u64,
 }
 
-impl Trim {
-    const EVERY: Duration = Duration::from_secs(5);
-    const MIN_PARKED: u64 = 64;
-
-    pub fn new() -> Self {
+impl Default for HeapTrim {
+    fn default() -> Self {
         let now = Instant::now();
-        Trim {
+        HeapTrim {
             last: now.checked_sub(Self::EVERY).unwrap_or(now),
             requests: 0,
             parked: 0,
             parked_at_last: 0,
         }
     }
+}
 
-    /// Called on every control tick.
-    pub fn tick(&mut self, workers: &[Arc<WorkerStats>], now: Instant) {
-        let requests: u64 = workers.iter().map(|w| w.requests.get()).sum();
-        let busy: u64 = workers.iter().map(|w| w.busy_requests.get()).sum();
-        let parked: u64 = workers.iter().map(|w| w.parked.get()).sum();
+impl HeapTrim {
+    const EVERY: Duration = Duration::from_secs(5);
+    const MIN_PARKED: u64 = 64;
+
+    /// Called on every control tick with the workers' totals: requests served, requests in
+    /// flight now, connections parked.
+    pub fn tick(&mut self, requests: u64, busy: u64, parked: u64, now: Instant) {
         let quiet = requests == self.requests && parked == self.parked && busy == 0;
         self.requests = requests;
         self.parked = parked;

@@ -1,10 +1,11 @@
-//! The logging thread's scheduling class (see `crate::sched`): a background thread while
-//! it keeps up, so that a worker on the same CPU never waits behind a batch, and a normal
-//! one as soon as its queue fills, so that it catches up before anything is dropped.
+//! The scheduling class of a thread that drains a queue in batches (the logging thread):
+//! a background thread while it keeps up, so that a worker on the same CPU never waits
+//! behind a batch, and a normal one as soon as its queue fills, so that it catches up
+//! before anything is dropped.
 //!
 //! A background thread gets almost no CPU while a worker is saturated, so it may not be
 //! able to notice its own queue filling: the control thread, a normal thread, checks the
-//! queue on every tick and makes it normal again ([`Priority::watch`]); without a watcher
+//! queue on every tick and makes it normal again ([`BatchClass::watch`]); without a watcher
 //! the thread never leaves the normal class. With the default
 //! queue (65,536 records) and the 100 ms tick, that leaves room for ~500k requests/s.
 
@@ -13,35 +14,38 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::Receiver;
 
-use crate::msg::TrafficRecord;
-use crate::sched::{self, Class, LOGGING_SLICE};
+use super::{self as sched, Class, LOGGING_SLICE};
 
 /// The queue fill (a fraction of its capacity) at which the thread becomes normal again,
 /// and the one under which it goes back to the background.
 const NORMAL_FROM: usize = 8;
 const BACKGROUND_UNDER: usize = 32;
 
-pub struct Priority {
+pub struct BatchClass<T> {
     /// The logging thread's id while its class may be switched; 0 before it starts, where
     /// classes cannot be switched, once it must stay normal (a stop) and after it ended.
     /// Every class change happens under this lock, so that a change decided on a stale id
     /// cannot land after another (the logging and control threads only, never a worker).
     tid: Mutex<libc::pid_t>,
     /// The records queue, only for its length, and the length it is bounded to.
-    queue: Receiver<TrafficRecord>,
+    queue: Receiver<T>,
     capacity: usize,
     /// A watcher has looked at the queue: only then may the thread go to the background
     /// (a library user running workers without the control thread has no watcher).
     watched: AtomicBool,
+    /// `server.scheduler_hints`: off, the thread neither asks for a slice nor leaves the
+    /// normal class.
+    hints: bool,
 }
 
-impl Priority {
-    pub fn new(queue: Receiver<TrafficRecord>, capacity: usize) -> Self {
-        Priority {
+impl<T> BatchClass<T> {
+    pub fn new(queue: Receiver<T>, capacity: usize, hints: bool) -> Self {
+        BatchClass {
             tid: Mutex::new(0),
             queue,
             capacity,
             watched: AtomicBool::new(false),
+            hints,
         }
     }
 
@@ -59,7 +63,10 @@ impl Priority {
     /// switch classes (it then stays normal until it has caught up). Returns a guard that
     /// forgets the thread's id when the thread ends (also by a panic), so that no class
     /// change can reach another thread that is given the same id later.
-    pub fn start(&self) -> Started<'_> {
+    pub fn start(&self) -> Started<'_, T> {
+        if !self.hints {
+            return Started(self);
+        }
         let _ = sched::request_slice(LOGGING_SLICE);
         if sched::can_switch(LOGGING_SLICE) {
             *self.tid() = sched::thread_id();
@@ -110,10 +117,10 @@ impl Priority {
     }
 }
 
-/// Held by the logging thread for its whole life (see [`Priority::start`]).
-pub struct Started<'p>(&'p Priority);
+/// Held by the logging thread for its whole life (see [`BatchClass::start`]).
+pub struct Started<'p, T>(&'p BatchClass<T>);
 
-impl Drop for Started<'_> {
+impl<T> Drop for Started<'_, T> {
     fn drop(&mut self) {
         *self.0.tid() = 0;
     }
@@ -122,12 +129,11 @@ impl Drop for Started<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::msg::tests::empty_record;
 
     #[test]
     fn a_background_logging_thread_falling_behind_is_made_normal_by_the_watcher() {
         let (tx, rx) = crossbeam_channel::bounded(64);
-        let priority = std::sync::Arc::new(Priority::new(rx, 64));
+        let priority = std::sync::Arc::new(BatchClass::new(rx, 64, true));
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let p = priority.clone();
@@ -153,7 +159,7 @@ mod tests {
         } else {
             assert_eq!(class(), Class::Background, "an empty queue: background");
             for _ in 0..64 / NORMAL_FROM {
-                tx.send(empty_record()).unwrap();
+                tx.send(0u8).unwrap();
             }
             priority.watch();
             assert_eq!(
@@ -161,7 +167,7 @@ mod tests {
                 Class::Background,
                 "an eighth full: still background"
             );
-            tx.send(empty_record()).unwrap();
+            tx.send(0u8).unwrap();
             priority.watch();
             assert_eq!(class(), Class::Normal, "over an eighth: normal");
             // Caught up: back to the background.

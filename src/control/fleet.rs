@@ -1,0 +1,114 @@
+//! What the control thread runs: the workers and the logging thread, as boot handed them
+//! over ([`Parts`]). It builds every snapshot after the first and sends it to each worker,
+//! and it decides when everything stops.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+
+use crate::config::snapshot::Registry;
+use crate::config::{Config, Snapshot};
+use crate::msg::{LoggingLink, LoggingStats, WorkerEvent, WorkerLink, WorkerMsg, WorkerStats};
+
+/// Everything boot started, handed to the control thread.
+pub struct Parts {
+    /// The snapshot the workers run, and the target identities it was built with.
+    pub snapshot: Arc<Snapshot>,
+    pub registry: Registry,
+    pub workers: Vec<WorkerLink>,
+    /// The I/O driver each worker runs (`io_uring` or `epoll`).
+    pub drivers: Vec<&'static str>,
+    /// What workers report (stats, passive health).
+    pub events_rx: Receiver<WorkerEvent>,
+    pub logging: LoggingLink,
+    /// Stops the workers (letting requests in flight run up to the drain time), joins
+    /// them, then has the logging thread write everything queued.
+    pub stop: Box<dyn FnOnce(Duration) + Send>,
+}
+
+/// The control thread's view of the running parts.
+pub struct Fleet {
+    snapshot: Arc<Snapshot>,
+    registry: Registry,
+    workers: Vec<WorkerLink>,
+    stats: Vec<Arc<WorkerStats>>,
+    drivers: Vec<&'static str>,
+    events_rx: Receiver<WorkerEvent>,
+    logging: LoggingLink,
+    stop: Option<Box<dyn FnOnce(Duration) + Send>>,
+}
+
+impl Fleet {
+    pub fn new(parts: Parts) -> Self {
+        Fleet {
+            stats: parts.workers.iter().map(|w| w.stats.clone()).collect(),
+            snapshot: parts.snapshot,
+            registry: parts.registry,
+            workers: parts.workers,
+            drivers: parts.drivers,
+            events_rx: parts.events_rx,
+            logging: parts.logging,
+            stop: Some(parts.stop),
+        }
+    }
+
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
+    }
+
+    /// Each worker's counters, by worker id.
+    pub fn stats(&self) -> &[Arc<WorkerStats>] {
+        &self.stats
+    }
+
+    pub fn drivers(&self) -> &[&'static str] {
+        &self.drivers
+    }
+
+    pub fn logging_stats(&self) -> &Arc<LoggingStats> {
+        self.logging.stats()
+    }
+
+    pub fn watch_logging(&self) {
+        self.logging.watch();
+    }
+
+    pub fn events(&self) -> &Receiver<WorkerEvent> {
+        &self.events_rx
+    }
+
+    /// Build the next snapshot from `config` (target identities kept by name and address)
+    /// and send it to every worker. Returns it.
+    pub fn publish(
+        &mut self,
+        config: Config,
+        available: &dyn Fn(&str, SocketAddr) -> bool,
+    ) -> Arc<Snapshot> {
+        let generation = self.snapshot.generation + 1;
+        if config.logging != self.snapshot.config.logging {
+            self.logging.reconfigure(config.logging.clone());
+        }
+        let snapshot = Arc::new(Snapshot::build(
+            config,
+            generation,
+            self.workers.len(),
+            &mut self.registry,
+            available,
+        ));
+        for w in &self.workers {
+            // A worker that has exited no longer needs snapshots.
+            let _ = w.inbox_tx.send(WorkerMsg::Snapshot(snapshot.clone()));
+        }
+        self.snapshot = snapshot.clone();
+        snapshot
+    }
+
+    /// Stop everything (once): see [`Parts::stop`].
+    pub fn stop(&mut self, drain: Duration) {
+        if let Some(stop) = self.stop.take() {
+            stop(drain);
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The traffic record: one per request, from a worker to the logging thread.
+
+/// One request as the traffic record keeps it, from a worker to the logging thread. The
+/// texts share one allocation: `text[ends[i-1]..ends[i]]` is field `i` of [`RecordText`].
+#[derive(Debug, Clone)]
+pub struct TrafficRecord {
+    /// Start of the request (complete head), Unix milliseconds.
+    pub start_ms: u64,
+    pub client: std::net::IpAddr,
+    pub worker: u16,
+    /// 0 or 1 for HTTP/1.0 and HTTP/1.1; `u8::MAX` when the head could not be parsed.
+    pub version_minor: u8,
+    /// Status sent to the client, 0 when none was.
+    pub status: u16,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub duration_us: u64,
+    pub upstream_us: Option<u64>,
+    pub target_addr: Option<std::net::SocketAddr>,
+    /// The upstream connection came from the pool (`None`: no upstream).
+    pub reused: Option<bool>,
+    pub retries: u8,
+    /// Why the request failed, when it did (`"connect"`, `"timeout"`, ...).
+    pub error: Option<&'static str>,
+    pub text: String,
+    pub ends: [u32; RecordText::COUNT],
+    /// Headers and body bytes kept for `[logging.capture]` hosts; `None` otherwise.
+    pub capture: Option<Box<Captured>>,
+}
+
+/// What `[logging.capture]` keeps of one exchange: selected fields as they were on the
+/// wire (name, value; in order, duplicates kept) and the first bytes of both bodies
+/// (decoded from chunked).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Captured {
+    pub request_headers: Vec<(String, String)>,
+    pub response_headers: Vec<(String, String)>,
+    pub request_body: Vec<u8>,
+    pub response_body: Vec<u8>,
+}
+
+impl Captured {
+    /// Keep the fields of `fields` (spans into `buf`) whose names are in `names`
+    /// (lowercase; `"*"` keeps all).
+    pub fn keep_fields(
+        out: &mut Vec<(String, String)>,
+        buf: &[u8],
+        fields: &crate::http::parse::Fields,
+        names: &[String],
+    ) {
+        let all = names.iter().any(|n| n == "*");
+        for f in &fields.list {
+            let name = f.name.of(buf);
+            if all
+                || names
+                    .iter()
+                    .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+            {
+                out.push((
+                    String::from_utf8_lossy(name).into_owned(),
+                    String::from_utf8_lossy(f.value.of(buf)).into_owned(),
+                ));
+            }
+        }
+    }
+}
+
+/// The text fields of a [`TrafficRecord`], in storage order.
+#[derive(Debug, Clone, Copy)]
+pub enum RecordText {
+    Id = 0,
+    Method,
+    Host,
+    Path,
+    Query,
+    UserAgent,
+    Target,
+}
+
+impl RecordText {
+    pub const COUNT: usize = 7;
+}
+
+impl TrafficRecord {
+    pub fn field(&self, f: RecordText) -> &str {
+        let i = f as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.text[start..self.ends[i] as usize]
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A record with nothing in it, for tests of the queue and its readers.
+    pub(crate) fn empty_record() -> TrafficRecord {
+        TrafficRecord {
+            start_ms: 0,
+            client: std::net::Ipv4Addr::LOCALHOST.into(),
+            worker: 0,
+            version_minor: 1,
+            status: 200,
+            request_bytes: 0,
+            response_bytes: 0,
+            duration_us: 0,
+            upstream_us: None,
+            target_addr: None,
+            reused: None,
+            retries: 0,
+            error: None,
+            text: String::new(),
+            ends: [0; RecordText::COUNT],
+            capture: None,
+        }
+    }
+}
