@@ -14,6 +14,8 @@
 #   SCENARIOS="dispa dispa-norec nginx" LOG=on scripts/bench.sh   # the cost of recording
 #   SCENARIOS="dispa dispa-spare dispa-norec nginx" LOG=on scripts/bench.sh   # ... with a spare CPU
 #   SCENARIOS="dispa dispa-plain dispa-defer dispa-epoll nginx" scripts/bench.sh   # ring flags
+#   BASE_BIN=/tmp/dispa-old SCENARIOS="dispa dispa-base dispa-norec dispa-base-norec nginx" \
+#     scripts/bench.sh   # before/after a change: dispa-base* run the binary $BASE_BIN
 #
 # Workloads: small (keep-alive GET, 5-byte body), close (Connection: close per request),
 # 16k / 1m (static 16 KiB / 1 MiB bodies), c1000 / c10000 (1,000 / 10,000 keep-alive
@@ -37,6 +39,7 @@ LOG=${LOG:-${NGINX_LOG:-off}}
 WORKLOADS=${WORKLOADS:-small}
 SCENARIOS=${SCENARIOS:-"direct dispa nginx haproxy"}
 RATE=${RATE:-auto}
+BASE_BIN=${BASE_BIN:-target/release/dispa}
 BACKEND_PORT=18091 NGINX_PORT=18093 HAPROXY_PORT=18094 DISPA_PORT=18100
 
 need wrk wrk; need nginx nginx-light; need haproxy haproxy; need curl curl
@@ -68,7 +71,7 @@ taskset -c "$LOAD_CPU" nginx -c "$WORK/backend.conf" -e "$WORK/backend.err" & PI
 declare -A DISPA_PIDS DISPA_PORTS
 dispa_extra() {
   case $1 in
-    dispa|dispa-norec|dispa-spare) echo "";;
+    dispa|dispa-norec|dispa-spare|dispa-base|dispa-base-norec) echo "";;
     dispa-epoll) echo 'io_driver = "legacy"';;
     dispa-plain) echo 'uring_flags = []';;
     dispa-defer) echo 'uring_flags = ["single_issuer", "defer_taskrun"]';;
@@ -77,7 +80,7 @@ dispa_extra() {
 }
 dispa_logging() {
   case $1 in
-    dispa-norec) printf '[logging]\nenabled = false\n';;
+    dispa-norec|dispa-base-norec) printf '[logging]\nenabled = false\n';;
     *) printf '[logging]\ntype = "both"\n[logging.file]\ndirectory = "%s"\n[logging.database]\npath = "%s"\n' "$WORK/$1-logs" "$WORK/$1.db";;
   esac
 }
@@ -101,7 +104,8 @@ metrics_bind = "127.0.0.1:$((port + 2))"
 $(dispa_logging "$s")
 CONF
   cpus=$PROXY_CPU; [ "$s" = dispa-spare ] && cpus="$PROXY_CPU,$LOAD_CPU"
-  taskset -c "$cpus" target/release/dispa -c "$WORK/$s.toml" 2>"$WORK/$s.log" & PIDS+=($!)
+  bin=target/release/dispa; case $s in dispa-base*) bin=$BASE_BIN;; esac
+  taskset -c "$cpus" "$bin" -c "$WORK/$s.toml" 2>"$WORK/$s.log" & PIDS+=($!)
   DISPA_PIDS[$s]=$!; DISPA_PORTS[$s]=$port
   port=$((port + 10))
 done
@@ -260,7 +264,7 @@ done
 # Records dropped by each recording Dispa (must be 0), from its metrics endpoint.
 DROPS=""
 for s in $SCENARIOS; do
-  case $s in dispa-norec|direct|nginx|haproxy) continue;; esac
+  case $s in dispa-norec|dispa-base-norec|direct|nginx|haproxy) continue;; esac
   port=${DISPA_PORTS[$s]}
   metrics=$(curl -s "http://127.0.0.1:$((port + 2))/metrics")
   dropped=$(awk '$1=="dispa_traffic_records_dropped_total" {print $2}' <<<"$metrics")

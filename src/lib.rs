@@ -11,6 +11,7 @@
 
 pub mod balance;
 pub mod boot;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod demo;

@@ -235,7 +235,7 @@ pub fn json_line(out: &mut Vec<u8>, r: &TrafficRecord) {
     json_num(out, b"retries", u64::from(r.retries));
     out.extend_from_slice(b",\"error\":");
     match r.error {
-        Some(e) => json_str(out, e),
+        Some(e) => json_str(out, e.label()),
         None => out.extend_from_slice(b"null"),
     }
     if let Some(c) = &r.capture {

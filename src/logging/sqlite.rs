@@ -9,7 +9,7 @@ use rusqlite::{Connection, ToSql, params};
 
 use super::record::{push_header_pairs, push_ip, push_socket_addr, version_text};
 use crate::config::DatabaseSink as Settings;
-use crate::msg::{RecordText, TrafficRecord};
+use crate::msg::{ErrorKind, RecordText, TrafficRecord};
 
 /// Each entry migrates from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -197,7 +197,7 @@ fn bind_row(
         &r.upstream_us.map(|u| u as i64),
         &r.reused,
         &r.retries,
-        &r.error,
+        &r.error.map(ErrorKind::label),
         &capture.map(|_| ascii(&text.request_headers)),
         &capture.map(|_| ascii(&text.response_headers)),
         &capture.map(|c| &c.request_body[..]),

@@ -14,7 +14,7 @@ mod stats;
 
 pub use link::{LoggingLink, LoggingMsg, WorkerLink};
 pub use queue::{RecordSender, record_queue};
-pub use record::{Captured, RecordText, TrafficRecord};
+pub use record::{Captured, ErrorKind, RecordText, TrafficRecord};
 pub use stats::{Counter, Histogram, LATENCY_BUCKETS, LoggingStats, StatsReport, WorkerStats};
 
 use std::sync::Arc;

@@ -1,5 +1,59 @@
 //! The traffic record: one per request, from a worker to the logging thread.
 
+/// Why a request failed, as records (`error`), metrics (`dispa_request_errors_total`'s
+/// `error` label) and docs/DATABASE.md name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No target could be connected to (refused, unreachable).
+    Connect,
+    /// Connecting to a target took longer than `timeouts.connect`.
+    ConnectTimeout,
+    /// Every target is down, drained or cooling down.
+    NoTarget,
+    /// The target did not take the request or answer in time.
+    Timeout,
+    /// The target's answer was malformed, or it stopped reading or closed mid-response.
+    BadResponse,
+    /// A pooled connection was closed by the target before any response byte, and the
+    /// request could not be sent again.
+    UpstreamClosed,
+    /// The response body broke off after its head was relayed: the client's connection
+    /// was reset.
+    Truncated,
+    /// The client went away, was too slow, or sent a body over the limit or malformed.
+    Client,
+    /// The request head was malformed, too large or too slow (no head to route).
+    BadRequest,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 9] = [
+        ErrorKind::Connect,
+        ErrorKind::ConnectTimeout,
+        ErrorKind::NoTarget,
+        ErrorKind::Timeout,
+        ErrorKind::BadResponse,
+        ErrorKind::UpstreamClosed,
+        ErrorKind::Truncated,
+        ErrorKind::Client,
+        ErrorKind::BadRequest,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::ConnectTimeout => "connect_timeout",
+            ErrorKind::NoTarget => "no_target",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::BadResponse => "bad_response",
+            ErrorKind::UpstreamClosed => "upstream_closed",
+            ErrorKind::Truncated => "truncated",
+            ErrorKind::Client => "client",
+            ErrorKind::BadRequest => "bad_request",
+        }
+    }
+}
+
 /// One request as the traffic record keeps it, from a worker to the logging thread. The
 /// texts share one allocation: `text[ends[i-1]..ends[i]]` is field `i` of [`RecordText`].
 #[derive(Debug, Clone)]
@@ -20,8 +74,8 @@ pub struct TrafficRecord {
     /// The upstream connection came from the pool (`None`: no upstream).
     pub reused: Option<bool>,
     pub retries: u8,
-    /// Why the request failed, when it did (`"connect"`, `"timeout"`, ...).
-    pub error: Option<&'static str>,
+    /// Why the request failed, when it did.
+    pub error: Option<ErrorKind>,
     pub text: String,
     pub ends: [u32; RecordText::COUNT],
     /// Headers and body bytes kept for `[logging.capture]` hosts; `None` otherwise.

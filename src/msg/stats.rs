@@ -4,6 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::ErrorKind;
+
 /// A counter with one writer thread.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -68,6 +70,8 @@ pub struct WorkerStats {
     pub bytes_to_clients: Counter,
     /// Keep-alive connections that gave their buffers back (parked), ever.
     pub parked: Counter,
+    /// Failed requests by [`ErrorKind`] (indexed by its discriminant).
+    pub errors: [Counter; ErrorKind::ALL.len()],
 }
 
 /// Counters of the logging thread (its only writer).

@@ -35,9 +35,9 @@ pub enum ReadFailure {
     Io,
 }
 
-/// How one direction is relayed: its timeouts and how many body bytes it may carry.
+/// The bounds of one direction's relay: its timeouts and how many body bytes it may carry.
 #[derive(Clone, Copy)]
-pub struct Pace {
+pub struct Bounds {
     pub read: Duration,
     pub write: Duration,
     /// Body bytes allowed (0: no limit); more end the relay with [`RelayError::TooLarge`].
@@ -45,37 +45,59 @@ pub struct Pace {
 }
 
 /// The first bytes of a body, kept for the traffic record (`[logging.capture]`). An
-/// unarmed tap keeps nothing and costs one comparison per read.
+/// unarmed capture keeps nothing and costs one comparison per read.
 #[derive(Debug, Default)]
-pub struct Tap {
+pub struct BodyCapture {
     data: Vec<u8>,
-    room: usize,
+    /// Bytes it may still keep.
+    left: usize,
 }
 
-impl Tap {
-    /// Keep up to `room` bytes of the next body (forgetting the last one).
-    pub fn arm(&mut self, room: usize) {
+impl BodyCapture {
+    /// Keep up to `max` bytes of the next body (forgetting the last one).
+    pub fn arm(&mut self, max: usize) {
         self.data.clear();
-        self.room = room;
+        self.left = max;
     }
 
     pub fn keep(&mut self, bytes: &[u8]) {
-        if self.room > 0 {
-            let n = bytes.len().min(self.room);
+        if self.left > 0 {
+            let n = bytes.len().min(self.left);
             self.data.extend_from_slice(&bytes[..n]);
-            self.room -= n;
+            self.left -= n;
         }
     }
 
-    /// What was kept; the tap is unarmed afterwards.
+    /// What was kept; the capture is unarmed afterwards.
     pub fn take(&mut self) -> Vec<u8> {
-        self.room = 0;
+        self.left = 0;
         std::mem::take(&mut self.data)
     }
 }
 
-async fn fill(src: &mut TcpStream, buf: &mut ReadBuf, pace: Pace) -> Result<usize, RelayError> {
-    match timeout(pace.read, buf.fill(src, BODY_BUF_MAX)).await {
+/// Move a whole body of `n` bytes, all in `buf` already, to the end of `out` (to go out in
+/// the same write as its head). Returns `n`.
+pub fn inline(buf: &mut ReadBuf, n: usize, out: &mut Vec<u8>, capture: &mut BodyCapture) -> u64 {
+    let body = &buf.data()[..n];
+    out.extend_from_slice(body);
+    capture.keep(body);
+    buf.consume(n);
+    n as u64
+}
+
+/// Append `data` to `out` as one chunk when `rechunk`, else as it is.
+fn push_data(out: &mut Vec<u8>, data: &[u8], rechunk: bool) {
+    if rechunk {
+        chunk_header(out, data.len());
+    }
+    out.extend_from_slice(data);
+    if rechunk {
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+async fn fill(src: &mut TcpStream, buf: &mut ReadBuf, bounds: Bounds) -> Result<usize, RelayError> {
+    match timeout(bounds.read, buf.fill(src, BODY_BUF_MAX)).await {
         Ok(Ok(0)) => Err(RelayError::Read(ReadFailure::Eof)),
         Ok(Ok(n)) => Ok(n),
         Ok(Err(_)) => Err(RelayError::Read(ReadFailure::Io)),
@@ -87,16 +109,20 @@ async fn send_front(
     dst: &mut TcpStream,
     buf: &mut ReadBuf,
     n: usize,
-    pace: Pace,
+    bounds: Bounds,
 ) -> Result<(), RelayError> {
-    match timeout(pace.write, buf.write_front(dst, n)).await {
+    match timeout(bounds.write, buf.write_front(dst, n)).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(RelayError::Write),
     }
 }
 
-async fn send_vec(dst: &mut TcpStream, out: &mut Vec<u8>, pace: Pace) -> Result<(), RelayError> {
-    match timeout(pace.write, write_vec(dst, out)).await {
+async fn send_vec(
+    dst: &mut TcpStream,
+    out: &mut Vec<u8>,
+    bounds: Bounds,
+) -> Result<(), RelayError> {
+    match timeout(bounds.write, write_vec(dst, out)).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(RelayError::Write),
     }
@@ -108,8 +134,8 @@ pub async fn length(
     buf: &mut ReadBuf,
     dst: &mut TcpStream,
     mut remaining: u64,
-    pace: Pace,
-    tap: &mut Tap,
+    bounds: Bounds,
+    capture: &mut BodyCapture,
 ) -> Result<u64, RelayError> {
     let total = remaining;
     if remaining > buf.len() as u64 {
@@ -118,14 +144,14 @@ pub async fn length(
     loop {
         let n = (buf.len() as u64).min(remaining) as usize;
         if n > 0 {
-            tap.keep(&buf.data()[..n]);
-            send_front(dst, buf, n, pace).await?;
+            capture.keep(&buf.data()[..n]);
+            send_front(dst, buf, n, bounds).await?;
             remaining -= n as u64;
         }
         if remaining == 0 {
             return Ok(total);
         }
-        fill(src, buf, pace).await?;
+        fill(src, buf, bounds).await?;
     }
 }
 
@@ -137,8 +163,8 @@ pub async fn chunked(
     dst: &mut TcpStream,
     out: &mut Vec<u8>,
     rechunk: bool,
-    pace: Pace,
-    tap: &mut Tap,
+    bounds: Bounds,
+    capture: &mut BodyCapture,
 ) -> Result<u64, RelayError> {
     let mut decoder = ChunkedDecoder::new();
     let mut total = 0u64;
@@ -155,17 +181,11 @@ pub async fn chunked(
             {
                 Step::Framing(n) => pos += n,
                 Step::Data(n) => {
-                    if rechunk {
-                        chunk_header(out, n);
-                    }
-                    out.extend_from_slice(&data[pos..pos + n]);
-                    tap.keep(&data[pos..pos + n]);
-                    if rechunk {
-                        out.extend_from_slice(b"\r\n");
-                    }
+                    push_data(out, &data[pos..pos + n], rechunk);
+                    capture.keep(&data[pos..pos + n]);
                     pos += n;
                     total += n as u64;
-                    if pace.limit > 0 && total > pace.limit {
+                    if bounds.limit > 0 && total > bounds.limit {
                         return Err(RelayError::TooLarge);
                     }
                 }
@@ -181,12 +201,12 @@ pub async fn chunked(
         }
         buf.consume(pos);
         if !out.is_empty() {
-            send_vec(dst, out, pace).await?;
+            send_vec(dst, out, bounds).await?;
         }
         if done {
             return Ok(total);
         }
-        fill(src, buf, pace).await?;
+        fill(src, buf, bounds).await?;
     }
 }
 
@@ -197,8 +217,8 @@ pub async fn until_close(
     dst: &mut TcpStream,
     out: &mut Vec<u8>,
     rechunk: bool,
-    pace: Pace,
-    tap: &mut Tap,
+    bounds: Bounds,
+    capture: &mut BodyCapture,
 ) -> Result<u64, RelayError> {
     let mut total = 0u64;
     buf.ensure_capacity(BODY_BUF_MAX);
@@ -206,25 +226,23 @@ pub async fn until_close(
         let n = buf.len();
         if n > 0 {
             total += n as u64;
-            tap.keep(buf.data());
+            capture.keep(buf.data());
             if rechunk {
                 out.clear();
-                chunk_header(out, n);
-                out.extend_from_slice(buf.data());
-                out.extend_from_slice(b"\r\n");
+                push_data(out, buf.data(), true);
                 buf.consume(n);
-                send_vec(dst, out, pace).await?;
+                send_vec(dst, out, bounds).await?;
             } else {
-                send_front(dst, buf, n, pace).await?;
+                send_front(dst, buf, n, bounds).await?;
             }
         }
-        match fill(src, buf, pace).await {
+        match fill(src, buf, bounds).await {
             Ok(_) => {}
             Err(RelayError::Read(ReadFailure::Eof)) => {
                 if rechunk {
                     out.clear();
                     out.extend_from_slice(LAST_CHUNK);
-                    send_vec(dst, out, pace).await?;
+                    send_vec(dst, out, bounds).await?;
                 }
                 return Ok(total);
             }

@@ -1,0 +1,195 @@
+//! Relaying the final response: a 101 turns the connection into a tunnel; otherwise the
+//! head is rebuilt for the client, a small body goes out with it in one write, a larger
+//! one is streamed, and the upstream connection goes back to the pool when it can be used
+//! again.
+
+use monoio::net::TcpStream;
+use monoio::time::timeout;
+
+use super::Exchange;
+use crate::http::encode::{self, ClientFraming};
+use crate::http::parse::field;
+use crate::http::{Body, RequestHead, ResponseHead};
+use crate::msg::Captured;
+use crate::worker::failure::Failure;
+use crate::worker::outcome::Next;
+use crate::worker::relay::{self, Bounds};
+
+/// Response bodies up to this size are sent with their head in one write (each write to
+/// the client wakes it; see docs/BENCHMARKS.md, "one write per small response").
+const INLINE_RESPONSE: u64 = 64 * 1024;
+
+/// The request that was sent.
+pub struct Sent<'a> {
+    pub head: &'a RequestHead,
+    /// The client's `Upgrade` value, for the 101 answer.
+    pub upgrade_asked: &'a [u8],
+    /// Index of the target in the snapshot.
+    pub target: usize,
+    /// The target answered before the request body was sent: the client's connection
+    /// cannot be reused (its body is still on the wire).
+    pub body_unsent: bool,
+}
+
+pub async fn respond(
+    ex: &mut Exchange<'_>,
+    req: Sent<'_>,
+    upstream: TcpStream,
+    r: ResponseHead,
+) -> Result<Next, Failure> {
+    if r.status == 101 {
+        return switch_protocols(ex, &req, upstream, &r).await;
+    }
+    let cfg = &ex.current.snapshot.config;
+    let framing = encode::client_framing(&r, req.head.minor_version);
+    let client_keep = req.head.keep_alive
+        && !req.body_unsent
+        && framing != ClientFraming::Close
+        && !ex.worker.stopping.get();
+    let upstream_keep =
+        r.keep_alive && cfg.upstream.keepalive && !req.body_unsent && r.body != Body::Close;
+    encode::response_head(
+        ex.out,
+        ex.ubuf.data(),
+        &r,
+        framing,
+        req.head.minor_version,
+        client_keep,
+    );
+    if let Some(c) = ex.record.as_deref_mut().and_then(|d| d.capture()) {
+        let names = &cfg.logging.capture.response_headers;
+        Captured::keep_fields(&mut c.response_headers, ex.ubuf.data(), &r.fields, names);
+    }
+    ex.ubuf.consume(r.head_len);
+    ex.outcome.status = r.status;
+
+    let mut upstream = upstream;
+    match r.body {
+        Body::Length(n) if n <= INLINE_RESPONSE => {
+            read_whole_body(ex, &mut upstream, r.head_len, n, req.target).await?;
+            let capture = &mut ex.captures.response;
+            ex.outcome.response_bytes = relay::inline(ex.ubuf, n as usize, ex.out, capture);
+            send_head(ex).await?;
+        }
+        Body::None => send_head(ex).await?,
+        _ => {
+            send_head(ex).await?;
+            stream_body(ex, &mut upstream, &r, framing, req.target).await?;
+        }
+    }
+    settle_upstream(ex, upstream, upstream_keep, req.target);
+    Ok(Next::keep_if(client_keep))
+}
+
+/// A 101: send the switching head (and any bytes that followed it) to the client, and any
+/// bytes the client sent early to the target; the connection is then a tunnel.
+async fn switch_protocols(
+    ex: &mut Exchange<'_>,
+    req: &Sent<'_>,
+    mut upstream: TcpStream,
+    r: &ResponseHead,
+) -> Result<Next, Failure> {
+    if req.head.upgrade.is_none() {
+        return Err(Failure::UnaskedSwitch);
+    }
+    let buf = ex.ubuf.data();
+    // The target's Upgrade value, else the one the client asked for.
+    let upgrade = field(buf, &r.fields, b"upgrade").unwrap_or(req.upgrade_asked);
+    encode::switching_head(ex.out, buf, r, upgrade);
+    ex.ubuf.consume(r.head_len);
+    ex.out.extend_from_slice(ex.ubuf.data());
+    ex.ubuf.consume(ex.ubuf.len());
+    ex.outcome.status = 101;
+    ex.worker.stats.upgrades.inc();
+    let send = ex.current.snapshot.config.timeouts.send;
+    if !ex.client.send(ex.out, send).await {
+        return Err(Failure::ClientGone);
+    }
+    let rbuf = &mut ex.client.rbuf;
+    if !rbuf.is_empty() {
+        let n = rbuf.len();
+        // The client has its 101: it gets no other answer, the connection just ends.
+        if !matches!(
+            timeout(send, rbuf.write_front(&mut upstream, n)).await,
+            Ok(Ok(()))
+        ) {
+            return Ok(Next::Close);
+        }
+    }
+    Ok(Next::Tunnel(upstream))
+}
+
+/// Read the rest of a body of `n` bytes into the upstream buffer (it has usually arrived
+/// with the head). Nothing was sent to the client yet: a failure gets a clean answer.
+async fn read_whole_body(
+    ex: &mut Exchange<'_>,
+    upstream: &mut TcpStream,
+    head_len: usize,
+    n: u64,
+    target: usize,
+) -> Result<(), Failure> {
+    let wait = ex.current.snapshot.targets[target].response_timeout;
+    let max = head_len + n as usize;
+    while (ex.ubuf.len() as u64) < n {
+        match timeout(wait, ex.ubuf.fill(upstream, max)).await {
+            Ok(Ok(k)) if k > 0 => {}
+            Ok(_) => return Err(Failure::ClosedMidResponse),
+            Err(_) => return Err(Failure::StalledMidResponse),
+        }
+    }
+    Ok(())
+}
+
+/// Write what `out` holds (the head, and the body when it was small) to the client.
+async fn send_head(ex: &mut Exchange<'_>) -> Result<(), Failure> {
+    let sent = ex.out.len() as u64;
+    let send = ex.current.snapshot.config.timeouts.send;
+    if !ex.client.send(ex.out, send).await {
+        return Err(Failure::ClientGone);
+    }
+    ex.worker.stats.bytes_to_clients.add(sent);
+    Ok(())
+}
+
+/// Stream a body after its head: re-chunked for HTTP/1.1 clients when it was chunked or
+/// close-delimited, bare for HTTP/1.0 ones. A body that breaks off is never completed.
+async fn stream_body(
+    ex: &mut Exchange<'_>,
+    upstream: &mut TcpStream,
+    r: &ResponseHead,
+    framing: ClientFraming,
+    target: usize,
+) -> Result<(), Failure> {
+    let bounds = Bounds {
+        read: ex.current.snapshot.targets[target].response_timeout,
+        write: ex.current.snapshot.config.timeouts.send,
+        limit: 0,
+    };
+    let rechunk = framing == ClientFraming::Chunked;
+    let (buf, client) = (&mut *ex.ubuf, &mut ex.client.stream);
+    let (out, capture) = (&mut *ex.out, &mut ex.captures.response);
+    let relayed = match r.body {
+        Body::Length(n) => relay::length(upstream, buf, client, n, bounds, capture).await,
+        Body::Chunked => relay::chunked(upstream, buf, client, out, rechunk, bounds, capture).await,
+        Body::Close => {
+            relay::until_close(upstream, buf, client, out, rechunk, bounds, capture).await
+        }
+        Body::None => Ok(0),
+    };
+    let n = relayed.map_err(|_| Failure::Truncated)?;
+    ex.worker.stats.bytes_to_clients.add(n);
+    ex.outcome.response_bytes = n;
+    Ok(())
+}
+
+/// Put the upstream connection back in the pool when it can carry another request: the
+/// target allows it and nothing follows the response (bytes after a complete response
+/// mean the target is confused).
+fn settle_upstream(ex: &mut Exchange<'_>, upstream: TcpStream, keep: bool, target: usize) {
+    let clean = ex.ubuf.is_empty();
+    ex.ubuf.consume(ex.ubuf.len());
+    if keep && clean {
+        let id = ex.current.snapshot.targets[target].id;
+        ex.worker.pool.put(id, upstream);
+    }
+}

@@ -1,0 +1,109 @@
+//! Getting a connection to a target: the worker's balancer picks among the targets not yet
+//! tried, an idle pooled connection is taken when there is one, else a new one is opened;
+//! connect failures fail over to the next target, up to `upstream.max_tries`.
+
+use std::time::Duration;
+
+use monoio::net::TcpStream;
+use monoio::time::timeout;
+
+use super::Exchange;
+use crate::balance::Candidates;
+use crate::config::TargetSpec;
+use crate::worker::failure::Failure;
+use crate::worker::state::Worker;
+
+/// A connection to the target of an exchange.
+pub struct Upstream {
+    pub stream: TcpStream,
+    /// It came from the pool: a failure before any response byte may mean it had gone
+    /// stale while idle.
+    pub reused: bool,
+}
+
+impl Upstream {
+    pub fn new(stream: TcpStream) -> Self {
+        Upstream {
+            stream,
+            reused: false,
+        }
+    }
+}
+
+/// Counts the request against its target for `least_connections` while it runs.
+pub struct InflightGuard<'a> {
+    target: &'a TargetSpec,
+    worker: usize,
+}
+
+impl<'a> InflightGuard<'a> {
+    pub fn new(target: &'a TargetSpec, worker: usize) -> Self {
+        target.inflight.add(worker, 1);
+        InflightGuard { target, worker }
+    }
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.target.inflight.add(self.worker, -1);
+    }
+}
+
+/// Pick a target (excluding ones that already failed) and get a connection to it.
+pub async fn pick_and_connect(ex: &Exchange<'_>) -> Result<(usize, Upstream), Failure> {
+    let current = ex.current;
+    let snap = &current.snapshot;
+    let cfg = &snap.config;
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last = Failure::NoTarget;
+    for _ in 0..cfg.upstream.max_tries {
+        let excluded = |i: usize| !snap.targets[i].available || tried.contains(&i);
+        let candidates = Candidates {
+            weights: &current.weights,
+            excluded: &excluded,
+        };
+        let load = |i: usize| snap.targets[i].inflight.total();
+        let Some(idx) = current.balancer.borrow_mut().pick(&candidates, &load) else {
+            break;
+        };
+        if let Some(stream) = ex.worker.pool.take(snap.targets[idx].id) {
+            ex.worker.stats.upstream_reused.inc();
+            let reused = true;
+            return Ok((idx, Upstream { stream, reused }));
+        }
+        match connect(ex.worker, &snap.targets[idx], cfg.timeouts.connect).await {
+            Ok(stream) => return Ok((idx, Upstream::new(stream))),
+            Err(f) => last = f,
+        }
+        tried.push(idx);
+    }
+    Err(last)
+}
+
+/// Open a new connection to `target` within `limit`; the outcome feeds passive health.
+pub async fn connect(
+    worker: &Worker,
+    target: &TargetSpec,
+    limit: Duration,
+) -> Result<TcpStream, Failure> {
+    let stats = &worker.stats;
+    stats.upstream_connects.inc();
+    let result = timeout(limit, TcpStream::connect_addr(target.addr)).await;
+    worker.note_target(target.id, matches!(result, Ok(Ok(_))));
+    match result {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(e)) => {
+            stats.upstream_connect_failures.inc();
+            tracing::debug!(target = %target.name, error = %e, "connect failed");
+            Err(Failure::ConnectFailed)
+        }
+        Err(_) => {
+            stats.upstream_connect_failures.inc();
+            tracing::debug!(target = %target.name, "connect timed out");
+            Err(Failure::ConnectTimeout)
+        }
+    }
+}

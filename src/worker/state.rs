@@ -1,0 +1,214 @@
+//! What the tasks of one worker share (one thread: `Rc`, `Cell`, `RefCell`): the snapshot
+//! it runs with its own balancer, its upstream pool, its counters and the channels to the
+//! other threads.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError};
+
+use super::pool::Pool;
+use super::sockets::OpenSockets;
+use super::tally::RequestCounts;
+use crate::balance::Balancer;
+use crate::config::Snapshot;
+use crate::msg::{RecordSender, StatsReport, TrafficRecord, WorkerEvent, WorkerStats};
+
+/// The snapshot a worker runs new requests on, with the worker's own balancer for it.
+pub struct Current {
+    pub snapshot: Arc<Snapshot>,
+    pub weights: Vec<u32>,
+    pub balancer: RefCell<Balancer>,
+}
+
+impl Current {
+    pub fn new(snapshot: Arc<Snapshot>, worker_id: usize) -> Self {
+        let weights = snapshot.targets.iter().map(|t| t.weight).collect();
+        let balancer = Balancer::new(snapshot.algorithm, snapshot.targets.len(), worker_id as u64);
+        Current {
+            snapshot,
+            weights,
+            balancer: RefCell::new(balancer),
+        }
+    }
+
+    /// What replaces this one for `snapshot`: balancer positions carry over when the
+    /// rotation is unchanged (a health change), so that the distribution stays smooth.
+    fn followed_by(&self, snapshot: Arc<Snapshot>, worker_id: usize) -> Self {
+        let mut next = Current::new(snapshot, worker_id);
+        if next.snapshot.same_rotation(&self.snapshot) {
+            // Requests still running on the old snapshot have picked their targets; a
+            // failover pick there works with any balancer state.
+            let fresh = Balancer::new(next.snapshot.algorithm, 0, worker_id as u64);
+            next.balancer = RefCell::new(self.balancer.replace(fresh));
+        }
+        next
+    }
+}
+
+/// Idle upstream connections kept per target (none when upstream keep-alive is off).
+pub fn max_idle(snapshot: &Snapshot) -> usize {
+    let upstream = &snapshot.config.upstream;
+    if upstream.keepalive {
+        upstream.max_idle_per_target
+    } else {
+        0
+    }
+}
+
+pub struct Worker {
+    pub id: usize,
+    current: RefCell<Rc<Current>>,
+    pub pool: Pool,
+    pub stats: Arc<WorkerStats>,
+    pub stopping: Cell<bool>,
+    events_tx: Sender<WorkerEvent>,
+    counts: RefCell<RequestCounts>,
+    /// A report the control thread could not take yet (its channel was full).
+    unsent: RefCell<Option<StatsReport>>,
+    /// Consecutive connect failures per target id, for passive health checks.
+    failures: RefCell<HashMap<u64, u32>>,
+    records_tx: RecordSender,
+    /// Client sockets of open connections, to close the idle ones on shutdown (a
+    /// runtime that is dropped does not drop tasks waiting on I/O).
+    open: RefCell<OpenSockets>,
+    /// Request ids: `<start time><worker>` then a counter, unique across restarts.
+    id_prefix: String,
+    next_id: Cell<u64>,
+}
+
+impl Worker {
+    pub fn new(
+        id: usize,
+        snapshot: Arc<Snapshot>,
+        stats: Arc<WorkerStats>,
+        events_tx: Sender<WorkerEvent>,
+        records_tx: RecordSender,
+    ) -> Self {
+        let pool = Pool::new(max_idle(&snapshot), snapshot.config.timeouts.upstream_idle);
+        pool.retain_targets(snapshot.targets.iter().map(|t| t.id));
+        stats.generation.set(snapshot.generation);
+        let started = crate::clock::unix_secs() as u32;
+        Worker {
+            id,
+            pool,
+            current: RefCell::new(Rc::new(Current::new(snapshot, id))),
+            stats,
+            stopping: Cell::new(false),
+            events_tx,
+            counts: RefCell::default(),
+            unsent: RefCell::default(),
+            failures: RefCell::default(),
+            records_tx,
+            open: RefCell::default(),
+            id_prefix: format!("{started:08x}{:02x}", id as u8),
+            next_id: Cell::new(0),
+        }
+    }
+
+    pub fn current(&self) -> Rc<Current> {
+        self.current.borrow().clone()
+    }
+
+    pub fn open_sockets(&self) -> &RefCell<OpenSockets> {
+        &self.open
+    }
+
+    /// Append a new request id (24 hex digits) to `out`.
+    pub fn write_request_id(&self, out: &mut String) {
+        let n = self.next_id.get();
+        self.next_id.set(n + 1);
+        out.push_str(&self.id_prefix);
+        for shift in (0..14).rev() {
+            out.push(char::from(
+                b"0123456789abcdef"[(n >> (shift * 4)) as usize & 15],
+            ));
+        }
+    }
+
+    /// Hand a record to the logging thread; a full channel drops it (counted).
+    pub fn send_record(&self, record: TrafficRecord) {
+        if !self.records_tx.try_send(record) {
+            self.stats.records_dropped.inc();
+        }
+    }
+
+    /// Count one finished request for the metrics. `rule`/`target` are indices of
+    /// `current`'s snapshot (or `tally::NONE`); `upstream` is the time from sending the
+    /// request to the response head.
+    pub fn count_request(
+        &self,
+        current: &Current,
+        rule_target: (u32, u32),
+        status: u16,
+        total: Duration,
+        upstream: Option<Duration>,
+    ) {
+        self.stats.response(status);
+        let now = current.snapshot.generation == self.stats.generation.get();
+        self.counts
+            .borrow_mut()
+            .add(&current.snapshot, now, rule_target, status, total, upstream);
+    }
+
+    /// Passive health: tell the control thread about a failed connection attempt, and
+    /// about the first success after failures.
+    pub fn note_target(&self, id: u64, ok: bool) {
+        let mut failures = self.failures.borrow_mut();
+        let n = failures.entry(id).or_default();
+        if ok {
+            if *n == 0 {
+                return;
+            }
+            *n = 0;
+        } else {
+            *n += 1;
+        }
+        let _ = self.events_tx.try_send(WorkerEvent::Target { id, ok });
+    }
+
+    /// Send the counts gathered since the last report, labelled with the current
+    /// snapshot's names. Never blocks: when the channel is full the report is kept and
+    /// merged into the next one.
+    pub fn report(&self) {
+        let counts = std::mem::take(&mut *self.counts.borrow_mut());
+        let mut report = self
+            .unsent
+            .borrow_mut()
+            .take()
+            .unwrap_or_else(|| StatsReport {
+                worker: self.id,
+                ..StatsReport::default()
+            });
+        counts.drain_into(&mut report, &self.current().snapshot);
+        if report.requests.is_empty() && report.duration.count() == 0 {
+            return;
+        }
+        match self
+            .events_tx
+            .try_send(WorkerEvent::Stats(Box::new(report)))
+        {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(WorkerEvent::Stats(r))) => *self.unsent.borrow_mut() = Some(*r),
+            Err(TrySendError::Full(_)) => {}
+        }
+    }
+
+    /// Switch to a new snapshot (between requests; a request in progress keeps the one it
+    /// started with).
+    pub fn apply(&self, snapshot: Arc<Snapshot>) {
+        // Counts are labelled by the snapshot they were taken under.
+        self.report();
+        self.pool
+            .retain_targets(snapshot.targets.iter().map(|t| t.id));
+        self.pool
+            .configure(max_idle(&snapshot), snapshot.config.timeouts.upstream_idle);
+        let generation = snapshot.generation;
+        let next = self.current().followed_by(snapshot, self.id);
+        *self.current.borrow_mut() = Rc::new(next);
+        self.stats.generation.set(generation);
+    }
+}

@@ -1,0 +1,70 @@
+//! What a worker counts between two reports to the control thread: requests by (domain
+//! rule, target, status class) and the latency histograms. Plain cells: one thread.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::config::Snapshot;
+use crate::msg::{Histogram, StatsReport};
+
+/// Rule or target index meaning "none".
+pub const NONE: u32 = u32::MAX;
+
+#[derive(Default)]
+pub struct RequestCounts {
+    /// By (rule, target, status class), indices of the snapshot the worker runs now.
+    requests: HashMap<(u32, u32, u8), u64>,
+    /// Requests that finished on an older snapshot than the worker's current one,
+    /// labelled already (their indices would mean other names in the current one).
+    labelled: Vec<(String, String, u8, u64)>,
+    duration: Histogram,
+    upstream_duration: Histogram,
+}
+
+impl RequestCounts {
+    /// Count one finished request. `rule`/`target` are indices of `snapshot` (or [`NONE`]);
+    /// `current` says whether `snapshot` is the one the worker runs now.
+    pub fn add(
+        &mut self,
+        snapshot: &Snapshot,
+        current: bool,
+        (rule, target): (u32, u32),
+        status: u16,
+        total: Duration,
+        upstream: Option<Duration>,
+    ) {
+        let class = (status / 100) as u8;
+        if current {
+            *self.requests.entry((rule, target, class)).or_default() += 1;
+        } else {
+            let (domain, target) = labels(snapshot, rule, target);
+            self.labelled.push((domain, target, class, 1));
+        }
+        self.duration.observe(total.as_secs_f64());
+        if let Some(u) = upstream {
+            self.upstream_duration.observe(u.as_secs_f64());
+        }
+    }
+
+    /// Add everything counted into `report`, labelled with `snapshot`'s names (the one the
+    /// worker runs now).
+    pub fn drain_into(self, report: &mut StatsReport, snapshot: &Snapshot) {
+        for ((rule, target, class), n) in self.requests {
+            let (domain, target) = labels(snapshot, rule, target);
+            report.requests.push((domain, target, class, n));
+        }
+        report.requests.extend(self.labelled);
+        report.duration.merge(&self.duration);
+        report.upstream_duration.merge(&self.upstream_duration);
+    }
+}
+
+/// The domain rule and target name that indices of `snapshot` stand for ("" for none).
+fn labels(snapshot: &Snapshot, rule: u32, target: u32) -> (String, String) {
+    let domain = snapshot.routes.rules().get(rule as usize).cloned();
+    let target = snapshot
+        .targets
+        .get(target as usize)
+        .map(|t| t.name.clone());
+    (domain.unwrap_or_default(), target.unwrap_or_default())
+}
