@@ -1,5 +1,9 @@
 //! The `dispa` binary: command line, logging set-up, and the only place that turns errors
 //! into exit codes (0 ok, 1 runtime failure, 2 invalid config or usage).
+// The worker fence (clippy.toml) applies to src/worker/ only.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+// Every unsafe block says why it is sound.
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -103,7 +107,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => logs.event_format(dispa::logfmt::JsonLines).init(),
+        // One object per line, fields at the top level beside timestamp, level, message.
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
     }
 
     match cli.command {
@@ -207,7 +217,10 @@ fn serve(
     let listen = running.local_addr();
     let workers = running.drivers().len();
     let io = running.drivers().first().copied().unwrap_or("");
-    signals::install();
+    if let Err(e) = signals::install() {
+        tracing::error!("cannot install signal handlers: {e}");
+        return ExitCode::from(1);
+    }
     let control = match control::start(running.into_control(), path) {
         Ok(handle) => handle,
         Err(e) => {
@@ -260,21 +273,10 @@ fn run_demo(port: u16, workers: Option<usize>) -> ExitCode {
     })
 }
 
-/// "90s", "15m", "2h", "1d".
+/// `--since`: the config's duration syntax ("90s", "15m", "2h", "1d").
 fn parse_since(s: &str) -> Result<std::time::Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("expected a number and a unit, like 15m: {s:?}"))?;
-    let secs = match unit {
-        "s" | "" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(format!("unknown unit {unit:?} (s, m, h, d)")),
-    };
-    Ok(std::time::Duration::from_secs(secs))
+    dispa::config::parse_duration_text(s)
+        .ok_or_else(|| format!("expected a number and a unit (ms, s, m, h, d), like 15m: {s:?}"))
 }
 
 fn run_traffic(

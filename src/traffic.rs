@@ -3,11 +3,11 @@
 
 use std::fmt::Write;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, params_from_iter, types::Value};
 
-use crate::logging::record::rfc3339_ms;
+use crate::clock::rfc3339_ms;
 
 /// Which requests to show.
 #[derive(Debug, Default, Clone)]
@@ -36,9 +36,7 @@ impl Filter {
             args.push(Value::Text(t.clone()));
         }
         if let Some(since) = self.since {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
+            let now = Duration::from_millis(crate::clock::unix_ms());
             sql += " AND ts_ms >= ?";
             args.push(Value::Integer(now.saturating_sub(since).as_millis() as i64));
         }

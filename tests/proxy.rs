@@ -1,5 +1,7 @@
 //! Integration tests: Dispa on a real loopback socket, real backend sockets, bytes checked
 //! on both sides.
+// The worker fence (clippy.toml) applies to src/worker/ only.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod proxy {
     pub mod balancing;

@@ -1,6 +1,8 @@
 //! Micro-benchmarks of what every request runs: the request and response head parsers
 //! (bytes/s), the forwarded head encoder, the domain matcher with 10,000 rules (exact and
 //! wildcard, hits and misses), each balancer's pick, and the traffic record's JSON line.
+// The worker fence (clippy.toml) applies to src/worker/ only.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::hint::black_box;
 

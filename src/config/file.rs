@@ -741,27 +741,35 @@ impl<'a> Section<'a> {
     }
 }
 
-/// Seconds as an integer or float, or a string with a unit: `ms`, `s`, `m`, `h`.
+/// Seconds as an integer or float, or a string in [`parse_duration_text`]'s syntax.
 fn parse_duration(v: &Value) -> Option<Duration> {
     match v {
         Value::Integer(i) if *i >= 0 => Some(Duration::from_secs(*i as u64)),
         Value::Float(f) if f.is_finite() && *f >= 0.0 => Some(Duration::from_secs_f64(*f)),
-        Value::String(s) => {
-            let s = s.trim();
-            let split = s.find(|c: char| !c.is_ascii_digit() && c != '.')?;
-            let (num, unit) = s.split_at(split);
-            let n: f64 = num.parse().ok()?;
-            let secs = match unit.trim() {
-                "ms" => n / 1000.0,
-                "s" => n,
-                "m" => n * 60.0,
-                "h" => n * 3600.0,
-                _ => return None,
-            };
-            Some(Duration::from_secs_f64(secs))
-        }
+        Value::String(s) => parse_duration_text(s),
         _ => None,
     }
+}
+
+/// The one duration syntax, in the config and on the command line (`--since`): a number
+/// of seconds, or a number with a unit `ms`, `s`, `m`, `h` or `d` (`250ms`, `1.5s`, `15m`,
+/// `1d`).
+pub fn parse_duration_text(text: &str) -> Option<Duration> {
+    let s = text.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86_400.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 #[cfg(test)]
@@ -783,6 +791,11 @@ mod tests {
             Some(Duration::from_millis(250))
         );
         assert_eq!(parse_duration(&"2m".into()), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_duration(&"1d".into()),
+            Some(Duration::from_secs(86_400))
+        );
+        assert_eq!(parse_duration(&"90".into()), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration(&"5 parsecs".into()), None);
         assert_eq!(parse_duration(&Value::Integer(-1)), None);
     }

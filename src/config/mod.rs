@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::balance::Algorithm;
+pub use file::parse_duration_text;
 pub use snapshot::{Snapshot, TargetSpec};
 
 /// A fully validated configuration. Only [`load`] and [`parse`] build one.

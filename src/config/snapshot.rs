@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Algorithm, Config};
+use super::{Algorithm, Config, Target};
 use crate::balance::Inflight;
 use crate::route;
 
@@ -25,23 +25,27 @@ pub struct Snapshot {
     pub algorithm: Algorithm,
 }
 
-/// A target as workers use it.
+/// A target as workers use it: the configured [`Target`] (its fields read through, as
+/// `spec.name`) with what the snapshot adds.
 #[derive(Debug)]
 pub struct TargetSpec {
+    pub target: Target,
     /// Stable across snapshots for the same name and address.
     pub id: u64,
-    pub name: String,
-    pub url: String,
-    pub addr: SocketAddr,
-    pub authority: String,
-    pub path_prefix: String,
-    pub weight: u32,
+    /// `timeout`, else `timeouts.upstream_response`.
     pub response_timeout: Duration,
-    pub rewrite_host: bool,
     /// May receive new requests (healthy, not cooling down after failures, not drained).
     pub available: bool,
     /// In-flight requests, one counter per worker (least_connections reads the sum).
     pub inflight: Arc<Inflight>,
+}
+
+impl std::ops::Deref for TargetSpec {
+    type Target = Target;
+
+    fn deref(&self) -> &Target {
+        &self.target
+    }
 }
 
 /// Target identities: `(name, address)` → id and in-flight counters, kept by whoever
@@ -86,15 +90,9 @@ impl Snapshot {
             .map(|t| {
                 let (id, inflight) = registry.identity(&t.name, t.addr, workers);
                 TargetSpec {
+                    target: t.clone(),
                     id,
-                    name: t.name.clone(),
-                    url: t.url.clone(),
-                    addr: t.addr,
-                    authority: t.authority.clone(),
-                    path_prefix: t.path_prefix.clone(),
-                    weight: t.weight,
                     response_timeout: t.timeout.unwrap_or(config.timeouts.upstream_response),
-                    rewrite_host: t.rewrite_host,
                     available: available(&t.name, t.addr),
                     inflight,
                 }

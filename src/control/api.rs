@@ -6,13 +6,17 @@
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::AsyncWriteRentExt;
 use monoio::net::{TcpListener, TcpStream};
+use serde::Serialize;
 
-use super::json::Object;
-use super::{State, metrics};
+use super::State;
+use crate::clock;
+use crate::http::canned;
+use crate::http::parse::{RequestLimits, field, parse_request};
+use crate::io::{self, ReadBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -41,44 +45,26 @@ pub async fn serve(listener: TcpListener, state: Rc<RefCell<State>>, endpoint: E
 struct Request {
     method: String,
     path: String,
-    authorization: Option<String>,
+    authorization: Option<Vec<u8>>,
 }
 
 async fn read_request(stream: &mut TcpStream) -> Option<Request> {
-    let mut buf: Vec<u8> = Vec::with_capacity(MAX_REQUEST);
-    loop {
-        let len = buf.len();
-        if len == buf.capacity() {
-            return None;
-        }
-        let (res, slice) = stream
-            .read(monoio::buf::IoBufMut::slice_mut(buf, len..))
-            .await;
-        buf = slice.into_inner();
-        if !matches!(res, Ok(n) if n > 0) {
-            return None;
-        }
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => {
-                let target = req.path.unwrap_or("/");
-                let path = target.split('?').next().unwrap_or("/").to_string();
-                let authorization = req
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("authorization"))
-                    .map(|h| String::from_utf8_lossy(h.value).into_owned());
-                return Some(Request {
-                    method: req.method.unwrap_or("").to_string(),
-                    path,
-                    authorization,
-                });
-            }
-            Ok(httparse::Status::Partial) => {}
-            Err(_) => return None,
-        }
-    }
+    let mut buf = ReadBuf::with_capacity(1024);
+    let limits = RequestLimits {
+        max_headers: 64,
+        max_uri_bytes: MAX_REQUEST,
+    };
+    let parse = |b: &[u8]| parse_request(b, &limits);
+    let head = io::read_head(stream, &mut buf, MAX_REQUEST, parse)
+        .await
+        .ok()?;
+    let data = buf.data();
+    let target = String::from_utf8_lossy(head.path.of(data));
+    Some(Request {
+        method: String::from_utf8_lossy(head.method.of(data)).into_owned(),
+        path: target.split('?').next().unwrap_or("/").to_string(),
+        authorization: field(data, &head.fields, b"authorization").map(<[u8]>::to_vec),
+    })
 }
 
 async fn handle(
@@ -100,15 +86,7 @@ async fn handle(
             monoio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
-    };
+    let reason = canned::reason(status);
     let mut out = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
         body.len()
@@ -122,23 +100,58 @@ async fn handle(
 
 const JSON: &str = "application/json";
 
+type Answer = (u16, &'static str, String);
+
+fn json(status: u16, body: &impl Serialize) -> Answer {
+    let text = serde_json::to_string(body).unwrap_or_else(|_| "{}".into());
+    (status, JSON, text)
+}
+
+fn error(status: u16, message: &str) -> Answer {
+    json(status, &ErrorBody { error: message })
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+}
+
+#[derive(Serialize)]
+struct Ready {
+    ready: bool,
+    available_targets: usize,
+}
+
+#[derive(Serialize)]
+struct Reloaded<'a> {
+    reloaded: bool,
+    generation: u64,
+    errors: &'a [String],
+    restart_required: &'a [String],
+}
+
+#[derive(Serialize)]
+struct Drained<'a> {
+    target: &'a str,
+    drained: bool,
+}
+
 fn route(
     state: &Rc<RefCell<State>>,
     endpoint: Endpoint,
     req: &Request,
     peer: SocketAddr,
-) -> (u16, &'static str, String) {
+) -> Answer {
     let get = req.method == "GET" || req.method == "HEAD";
     let post = req.method == "POST";
     let path = req.path.trim_end_matches('/');
     match (endpoint, path) {
-        (Endpoint::Metrics, "/metrics") if get => (
-            200,
-            prometheus::TEXT_FORMAT,
-            metrics::render(&state.borrow()),
-        ),
+        (Endpoint::Metrics, "/metrics") if get => {
+            let s = state.borrow();
+            (200, prometheus::TEXT_FORMAT, s.metrics.render(&s))
+        }
         (Endpoint::Metrics, _) => not_found(),
-        (Endpoint::Status, "/health") if get => (200, JSON, health(&state.borrow())),
+        (Endpoint::Status, "/health") if get => json(200, &health(&state.borrow())),
         (Endpoint::Status, "/ready") if get => {
             let s = state.borrow();
             let up = s
@@ -148,27 +161,25 @@ fn route(
                 .iter()
                 .filter(|t| t.available)
                 .count();
-            let mut body = String::new();
-            Object::new(&mut body)
-                .bool("ready", up > 0)
-                .num("available_targets", up)
-                .end();
-            (if up > 0 { 200 } else { 503 }, JSON, body)
+            let body = Ready {
+                ready: up > 0,
+                available_targets: up,
+            };
+            json(if up > 0 { 200 } else { 503 }, &body)
         }
-        (Endpoint::Status, "/targets" | "/status") if get => (200, JSON, targets(&state.borrow())),
+        (Endpoint::Status, "/targets" | "/status") if get => json(200, &targets(&state.borrow())),
         (Endpoint::Status, "/reload") if post => {
             if let Some(denied) = admin_denied(&state.borrow(), req, peer) {
                 return denied;
             }
             let outcome = state.borrow_mut().reload("POST /reload");
-            let mut body = String::new();
-            Object::new(&mut body)
-                .bool("reloaded", outcome.ok)
-                .num("generation", outcome.generation)
-                .strings("errors", &outcome.errors)
-                .strings("restart_required", &outcome.restart_required)
-                .end();
-            (if outcome.ok { 200 } else { 400 }, JSON, body)
+            let body = Reloaded {
+                reloaded: outcome.ok,
+                generation: outcome.generation,
+                errors: &outcome.errors,
+                restart_required: &outcome.restart_required,
+            };
+            json(if outcome.ok { 200 } else { 400 }, &body)
         }
         (Endpoint::Status, p) if post && p.starts_with("/targets/") => {
             if let Some(denied) = admin_denied(&state.borrow(), req, peer) {
@@ -197,135 +208,141 @@ fn route(
             {
                 s.republish();
             }
-            let mut body = String::new();
-            Object::new(&mut body)
-                .str("target", name)
-                .bool("drained", drained)
-                .end();
-            (200, JSON, body)
+            json(
+                200,
+                &serde_json::json!({ "target": name, "drained": drained }),
+            )
         }
         (Endpoint::Status, "/health" | "/ready" | "/targets" | "/status" | "/reload") => {
-            (405, JSON, r#"{"error":"method not allowed"}"#.into())
+            error(405, "method not allowed")
         }
         _ => not_found(),
     }
 }
 
-fn not_found() -> (u16, &'static str, String) {
-    (404, JSON, r#"{"error":"not found"}"#.into())
+fn not_found() -> Answer {
+    error(404, "not found")
 }
 
-fn admin_denied(
-    state: &State,
-    req: &Request,
-    peer: SocketAddr,
-) -> Option<(u16, &'static str, String)> {
+/// An admin action needs the configured bearer token (compared in constant time), or,
+/// without one, a request from loopback.
+fn admin_denied(state: &State, req: &Request, peer: SocketAddr) -> Option<Answer> {
     match &state.config().monitoring.admin_token {
         Some(token) => {
             let expected = format!("Bearer {token}");
-            (req.authorization.as_deref() != Some(expected.as_str()))
-                .then(|| (401, JSON, r#"{"error":"admin token required"}"#.into()))
+            let given = req.authorization.as_deref().unwrap_or_default();
+            let ok = constant_time_eq::constant_time_eq(given, expected.as_bytes());
+            (!ok).then(|| error(401, "admin token required"))
         }
-        None => (!peer.ip().to_canonical().is_loopback()).then(|| {
-            (
-                403,
-                JSON,
-                r#"{"error":"admin actions are accepted from loopback only"}"#.into(),
-            )
+        None => (!peer.ip().to_canonical().is_loopback())
+            .then(|| error(403, "admin actions are accepted from loopback only")),
+    }
+}
+
+#[derive(Serialize)]
+struct Health<'a> {
+    status: &'static str,
+    version: &'static str,
+    uptime_seconds: u64,
+    workers: usize,
+    io_driver: &'a str,
+    generation: u64,
+    applied_generation: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_reload: Option<LastReload<'a>>,
+}
+
+#[derive(Serialize)]
+struct LastReload<'a> {
+    at: f64,
+    trigger: &'a str,
+    ok: bool,
+    errors: &'a [String],
+    restart_required: &'a [String],
+}
+
+fn health(s: &State) -> Health<'_> {
+    Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: s.started.elapsed().as_secs(),
+        workers: s.fleet.drivers().len(),
+        io_driver: s.fleet.drivers().first().copied().unwrap_or(""),
+        generation: s.fleet.snapshot().generation,
+        applied_generation: s.applied_generation(),
+        last_reload: s.last_reload.as_ref().map(|r| LastReload {
+            at: clock::unix_secs_f64(r.at),
+            trigger: &r.trigger,
+            ok: r.ok,
+            errors: &r.errors,
+            restart_required: &r.restart_required,
         }),
     }
 }
 
-fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+#[derive(Serialize)]
+struct TargetStatus<'a> {
+    name: &'a str,
+    url: &'a str,
+    address: String,
+    weight: u32,
+    available: bool,
+    healthy: bool,
+    drained: bool,
+    cooling_down: bool,
+    in_flight: u64,
+    requests: u64,
+    checks_failed: u64,
+    last_check: Option<LastCheck<'a>>,
+    last_change: Option<LastChange<'a>>,
 }
 
-fn health(s: &State) -> String {
-    let snap = s.fleet.snapshot();
-    let mut body = String::new();
-    let mut o = Object::new(&mut body);
-    o.str("status", "ok")
-        .str("version", env!("CARGO_PKG_VERSION"))
-        .num("uptime_seconds", s.started.elapsed().as_secs())
-        .num("workers", s.fleet.drivers().len())
-        .str(
-            "io_driver",
-            s.fleet.drivers().first().copied().unwrap_or(""),
-        )
-        .num("generation", snap.generation)
-        .num("applied_generation", s.applied_generation());
-    if let Some(r) = &s.last_reload {
-        let mut last = String::new();
-        Object::new(&mut last)
-            .num("at", unix_seconds(r.at))
-            .str("trigger", &r.trigger)
-            .bool("ok", r.ok)
-            .strings("errors", &r.errors)
-            .strings("restart_required", &r.restart_required)
-            .end();
-        o.raw("last_reload", &last);
-    }
-    o.end();
-    body
+#[derive(Serialize)]
+struct LastCheck<'a> {
+    at: f64,
+    ok: bool,
+    result: &'a str,
+    latency_ms: f64,
 }
 
-fn targets(s: &State) -> String {
-    let snap = s.fleet.snapshot();
+#[derive(Serialize)]
+struct LastChange<'a> {
+    at: f64,
+    available: bool,
+    reason: &'a str,
+}
+
+fn targets(s: &State) -> Vec<TargetStatus<'_>> {
     let now = Instant::now();
-    let mut body = String::from("[");
-    for (i, t) in snap.targets.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        let requests: u64 = s.totals.for_target(&t.name);
-        let e = s.health.get(&(t.name.clone(), t.addr));
-        let mut o = Object::new(&mut body);
-        o.str("name", &t.name)
-            .str("url", &t.url)
-            .str("address", &t.addr.to_string())
-            .num("weight", t.weight)
-            .bool("available", t.available)
-            .bool("healthy", e.is_none_or(|e| e.healthy))
-            .bool("drained", e.is_some_and(|e| e.drained))
-            .bool(
-                "cooling_down",
-                e.is_some_and(|e| e.cooldown_until.is_some_and(|c| now < c)),
-            )
-            .num("in_flight", t.inflight.total())
-            .num("requests", requests)
-            .num("checks_failed", e.map_or(0, |e| e.checks_failed));
-        match e.and_then(|e| e.last_check.as_ref()) {
-            Some(c) => {
-                let mut check = String::new();
-                Object::new(&mut check)
-                    .num("at", unix_seconds(c.at))
-                    .bool("ok", c.ok)
-                    .str("result", &c.detail)
-                    .num("latency_ms", c.latency.as_secs_f64() * 1e3)
-                    .end();
-                o.raw("last_check", &check);
+    let snap = s.fleet.snapshot();
+    snap.targets
+        .iter()
+        .map(|t| {
+            let e = s.health.get(&(t.name.clone(), t.addr));
+            TargetStatus {
+                name: &t.name,
+                url: &t.url,
+                address: t.addr.to_string(),
+                weight: t.weight,
+                available: t.available,
+                healthy: e.is_none_or(|e| e.healthy),
+                drained: e.is_some_and(|e| e.drained),
+                cooling_down: e.is_some_and(|e| e.cooldown_until.is_some_and(|c| now < c)),
+                in_flight: t.inflight.total(),
+                requests: s.totals.for_target(&t.name),
+                checks_failed: e.map_or(0, |e| e.checks_failed),
+                last_check: e.and_then(|e| e.last_check.as_ref()).map(|c| LastCheck {
+                    at: clock::unix_secs_f64(c.at),
+                    ok: c.ok,
+                    result: &c.detail,
+                    latency_ms: c.latency.as_secs_f64() * 1e3,
+                }),
+                last_change: e.and_then(|e| e.last_change.as_ref()).map(|c| LastChange {
+                    at: clock::unix_secs_f64(c.at),
+                    available: c.available,
+                    reason: &c.reason,
+                }),
             }
-            None => {
-                o.raw("last_check", "null");
-            }
-        }
-        match e.and_then(|e| e.last_change.as_ref()) {
-            Some(c) => {
-                let mut change = String::new();
-                Object::new(&mut change)
-                    .num("at", unix_seconds(c.at))
-                    .bool("available", c.available)
-                    .str("reason", &c.reason)
-                    .end();
-                o.raw("last_change", &change);
-            }
-            None => {
-                o.raw("last_change", "null");
-            }
-        }
-        o.end();
-    }
-    body.push(']');
-    body
+        })
+        .collect()
 }

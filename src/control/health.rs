@@ -7,10 +7,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use crate::config::HealthCheck;
+use crate::http::parse::parse_response;
+use crate::io::{self, HeadError, ReadBuf};
 
 pub type Key = (String, SocketAddr);
 
@@ -75,11 +77,11 @@ impl Entry {
 }
 
 #[derive(Debug, Default)]
-pub struct Book {
+pub struct HealthTable {
     entries: HashMap<Key, Entry>,
 }
 
-impl Book {
+impl HealthTable {
     /// Apply new check settings: with active checks off nothing stays down on their
     /// verdict; a shorter interval brings the next probe forward.
     pub fn configure(&mut self, cfg: &HealthCheck, now: Instant) {
@@ -249,6 +251,9 @@ pub async fn probe(addr: SocketAddr, host: &str, cfg: &HealthCheck) -> Check {
     }
 }
 
+/// Longest response head a probe reads.
+const MAX_PROBE_HEAD: usize = 16 * 1024;
+
 async fn request(addr: SocketAddr, host: &str, path: &str) -> Result<u16, String> {
     let mut stream = TcpStream::connect_addr(addr)
         .await
@@ -258,28 +263,12 @@ async fn request(addr: SocketAddr, host: &str, path: &str) -> Result<u16, String
     );
     let (res, _) = stream.write_all(head.into_bytes()).await;
     res.map_err(|e| format!("send: {e}"))?;
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    loop {
-        let len = buf.len();
-        if len == buf.capacity() {
-            return Err("response head too large".into());
-        }
-        let (res, slice) = stream
-            .read(monoio::buf::IoBufMut::slice_mut(buf, len..))
-            .await;
-        buf = slice.into_inner();
-        match res {
-            Ok(0) => return Err("closed before a response".into()),
-            Ok(_) => {}
-            Err(e) => return Err(format!("read: {e}")),
-        }
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut r = httparse::Response::new(&mut headers);
-        match r.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => return r.code.ok_or_else(|| "no status".into()),
-            Ok(httparse::Status::Partial) => {}
-            Err(e) => return Err(format!("invalid response: {e}")),
-        }
+    let mut buf = ReadBuf::with_capacity(4096);
+    let parse = |b: &[u8]| parse_response(b, false, MAX_PROBE_HEAD);
+    match io::read_head(&mut stream, &mut buf, MAX_PROBE_HEAD, parse).await {
+        Ok(r) => Ok(r.status),
+        Err(HeadError::Closed) => Err("closed before a response".into()),
+        Err(e) => Err(format!("response: {e}")),
     }
 }
 
@@ -315,7 +304,7 @@ mod tests {
     fn falls_after_threshold_and_rises_after_threshold() {
         let now = Instant::now();
         let key: Key = ("a".into(), "127.0.0.1:1".parse().unwrap());
-        let mut b = Book::default();
+        let mut b = HealthTable::default();
         b.retain(std::slice::from_ref(&key), now);
         let c = cfg();
         assert_eq!(b.probed(&key, check(false), &c, now), Some((true, true)));
@@ -330,7 +319,7 @@ mod tests {
     fn passive_failures_cool_down_then_expire() {
         let now = Instant::now();
         let key: Key = ("a".into(), "127.0.0.1:1".parse().unwrap());
-        let mut b = Book::default();
+        let mut b = HealthTable::default();
         b.retain(std::slice::from_ref(&key), now);
         let c = cfg();
         assert_eq!(b.passive(&key, false, &c, now), Some((true, true)));

@@ -1,15 +1,18 @@
 //! The Prometheus endpoint. Workers count on their own (plain per-worker counters and
-//! 250 ms reports); this module sums them at scrape time into metric families and encodes
-//! them with the `prometheus` crate's text encoder. Metric names live here, once.
+//! 250 ms reports); at scrape time this module sets the `prometheus` crate's metrics in
+//! one registry from those totals and encodes them. Metric names live here, once.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
-use prometheus::core::Collector;
-use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
-use prometheus::{Encoder, TextEncoder};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily};
+use prometheus::{
+    Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder, process_collector,
+};
 
 use super::State;
-use crate::msg::{Histogram, LATENCY_BUCKETS, StatsReport};
+use crate::msg::{ErrorKind, Histogram, LATENCY_BUCKETS, StatsReport, WorkerStats};
 
 /// Totals of every worker report received so far.
 #[derive(Debug, Default)]
@@ -44,34 +47,123 @@ impl Totals {
     }
 }
 
-fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
-    pairs
-        .iter()
-        .map(|(k, v)| {
-            let mut l = LabelPair::default();
-            l.set_name(k.to_string());
-            l.set_value(v.to_string());
-            l
-        })
-        .collect()
+/// Every metric Dispa exports, registered once. The values are totals that workers, the
+/// logging thread and the control thread keep themselves, so every scrape sets them anew.
+pub struct Metrics {
+    registry: Registry,
+    counters: Vec<(IntCounterVec, Source)>,
+    gauges: Vec<(IntGaugeVec, Source)>,
+    latency: LatencyCollector,
 }
 
-fn sample(pairs: &[(&str, &str)], kind: MetricType, value: f64) -> proto::Metric {
-    let mut m = proto::Metric::default();
-    m.set_label(labels(pairs));
-    match kind {
-        MetricType::GAUGE => {
-            let mut g = proto::Gauge::default();
-            g.set_value(value);
-            m.set_gauge(g);
+/// Where a family's samples come from: (label values, value) pairs, read at scrape time.
+type Source = fn(&State) -> Vec<(Vec<String>, u64)>;
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let mut counters = Vec::new();
+        for (name, help, labels, source) in COUNTERS {
+            let vec = IntCounterVec::new(Opts::new(*name, *help), labels).expect("valid metric");
+            let _ = registry.register(Box::new(vec.clone()));
+            counters.push((vec, *source));
         }
-        _ => {
-            let mut c = proto::Counter::default();
-            c.set_value(value);
-            m.set_counter(c);
+        let mut gauges = Vec::new();
+        for (name, help, labels, source) in GAUGES {
+            let vec = IntGaugeVec::new(Opts::new(*name, *help), labels).expect("valid metric");
+            let _ = registry.register(Box::new(vec.clone()));
+            gauges.push((vec, *source));
+        }
+        let latency = LatencyCollector::new();
+        let _ = registry.register(Box::new(latency.clone()));
+        let _ = registry.register(Box::new(process_collector::ProcessCollector::for_self()));
+        Metrics {
+            registry,
+            counters,
+            gauges,
+            latency,
         }
     }
-    m
+
+    /// The whole exposition, in Prometheus text format.
+    pub fn render(&self, state: &State) -> String {
+        for (vec, source) in &self.counters {
+            vec.reset();
+            for (labels, value) in source(state) {
+                let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+                vec.with_label_values(&labels).inc_by(value);
+            }
+        }
+        for (vec, source) in &self.gauges {
+            vec.reset();
+            for (labels, value) in source(state) {
+                let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+                vec.with_label_values(&labels).set(value as i64);
+            }
+        }
+        self.latency.set(&state.totals);
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!("encoding metrics: {e}");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The two latency histograms: bucket counts summed from worker reports (the crate's own
+/// histogram takes single observations, and these were observed on the workers).
+#[derive(Clone)]
+struct LatencyCollector {
+    /// Set before every gather (the control thread only; the lock is never contended).
+    totals: std::sync::Arc<Mutex<(Histogram, Histogram)>>,
+    descs: Vec<Desc>,
+}
+
+const DURATION: (&str, &str) = (
+    "dispa_request_duration_seconds",
+    "Time from a complete request head to the end of the response.",
+);
+const UPSTREAM_DURATION: (&str, &str) = (
+    "dispa_upstream_duration_seconds",
+    "Time from sending a request to a target to its response head.",
+);
+
+impl LatencyCollector {
+    fn new() -> Self {
+        let desc = |(name, help): (&str, &str)| {
+            Desc::new(name.into(), help.into(), Vec::new(), HashMap::new()).expect("valid name")
+        };
+        LatencyCollector {
+            totals: Default::default(),
+            descs: vec![desc(DURATION), desc(UPSTREAM_DURATION)],
+        }
+    }
+
+    fn set(&self, totals: &Totals) {
+        let mut h = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        *h = (totals.duration.clone(), totals.upstream_duration.clone());
+    }
+}
+
+impl Collector for LatencyCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let h = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        [(DURATION, &h.0), (UPSTREAM_DURATION, &h.1)]
+            .into_iter()
+            .map(|((name, help), hist)| {
+                let mut f = MetricFamily::default();
+                f.set_name(name.to_string());
+                f.set_help(help.to_string());
+                f.set_field_type(proto::MetricType::HISTOGRAM);
+                f.set_metric(vec![histogram(hist)]);
+                f
+            })
+            .collect()
+    }
 }
 
 fn histogram(h: &Histogram) -> proto::Metric {
@@ -93,15 +185,6 @@ fn histogram(h: &Histogram) -> proto::Metric {
     m
 }
 
-fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<proto::Metric>) -> MetricFamily {
-    let mut f = MetricFamily::default();
-    f.set_name(name.to_string());
-    f.set_help(help.to_string());
-    f.set_field_type(kind);
-    f.set_metric(metrics);
-    f
-}
-
 fn class_label(class: u8) -> String {
     match class {
         1..=5 => format!("{class}xx"),
@@ -109,297 +192,261 @@ fn class_label(class: u8) -> String {
     }
 }
 
-/// The whole exposition, in Prometheus text format.
-pub fn render(state: &State) -> String {
-    use MetricType::{COUNTER, GAUGE, HISTOGRAM};
-    let t = &state.totals;
-    let stats = state.fleet.stats();
-    let sum = |f: &dyn Fn(&crate::msg::WorkerStats) -> u64| {
-        stats.iter().map(|s| f(s)).sum::<u64>() as f64
-    };
-    let snap = state.fleet.snapshot();
-    let mut fams = Vec::new();
+/// One of the workers' counters.
+type WorkerCounter = fn(&WorkerStats) -> u64;
 
-    let mut requests: Vec<_> = t.requests.iter().collect();
-    requests.sort();
-    let metrics = requests
-        .into_iter()
-        .map(|((domain, target, class), n)| {
-            let domain = if domain.is_empty() {
-                "unmatched"
-            } else {
-                domain
-            };
-            let target = if target.is_empty() { "none" } else { target };
-            let class = class_label(*class);
-            let pairs = [
-                ("domain", domain),
-                ("target", target),
-                ("status_class", class.as_str()),
-            ];
-            sample(&pairs, COUNTER, *n as f64)
-        })
-        .collect();
-    fams.push(family(
+/// One sample without labels: the sum over the workers of one of their counters.
+fn workers_sum(state: &State, f: WorkerCounter) -> Vec<(Vec<String>, u64)> {
+    vec![(Vec::new(), state.fleet.stats().iter().map(|s| f(s)).sum())]
+}
+
+/// Samples with one label, each the sum over the workers of one of their counters.
+fn workers_sums(state: &State, parts: &[(&str, WorkerCounter)]) -> Vec<(Vec<String>, u64)> {
+    let stats = state.fleet.stats();
+    parts
+        .iter()
+        .map(|(label, f)| (vec![label.to_string()], stats.iter().map(|s| f(s)).sum()))
+        .collect()
+}
+
+/// Samples of the logging thread's counters, by sink.
+fn by_sink(file: u64, database: u64) -> Vec<(Vec<String>, u64)> {
+    vec![
+        (vec!["file".into()], file),
+        (vec!["database".into()], database),
+    ]
+}
+
+type Family = (&'static str, &'static str, &'static [&'static str], Source);
+
+const COUNTERS: &[Family] = &[
+    (
         "dispa_requests_total",
         "Requests answered, by matched domain rule, target and status class.",
-        COUNTER,
-        metrics,
-    ));
-    fams.push(family(
-        "dispa_request_duration_seconds",
-        "Time from a complete request head to the end of the response.",
-        HISTOGRAM,
-        vec![histogram(&t.duration)],
-    ));
-    fams.push(family(
-        "dispa_upstream_duration_seconds",
-        "Time from sending a request to a target to its response head.",
-        HISTOGRAM,
-        vec![histogram(&t.upstream_duration)],
-    ));
-    let healthy = snap
-        .targets
-        .iter()
-        .map(|tg| {
-            sample(
-                &[("target", &tg.name)],
-                GAUGE,
-                f64::from(u8::from(tg.available)),
-            )
-        })
-        .collect();
-    fams.push(family(
-        "dispa_target_healthy",
-        "1 when the target takes new requests (healthy, not cooling down, not drained).",
-        GAUGE,
-        healthy,
-    ));
-    let inflight = snap
-        .targets
-        .iter()
-        .map(|tg| sample(&[("target", &tg.name)], GAUGE, tg.inflight.total() as f64))
-        .collect();
-    fams.push(family(
-        "dispa_target_inflight",
-        "Requests in flight per target.",
-        GAUGE,
-        inflight,
-    ));
-    fams.push(family(
-        "dispa_active_connections",
-        "Open client connections.",
-        GAUGE,
-        vec![sample(&[], GAUGE, sum(&|s| s.open_connections.get()))],
-    ));
-    fams.push(family(
-        "dispa_upstream_idle_connections",
-        "Idle pooled connections to targets.",
-        GAUGE,
-        vec![sample(&[], GAUGE, sum(&|s| s.pool_idle.get()))],
-    ));
-    fams.push(family(
+        &["domain", "target", "status_class"],
+        |s| {
+            let t = &s.totals;
+            t.requests
+                .iter()
+                .map(|((domain, target, class), n)| {
+                    let domain = if domain.is_empty() {
+                        "unmatched"
+                    } else {
+                        domain
+                    };
+                    let target = if target.is_empty() { "none" } else { target };
+                    (vec![domain.into(), target.into(), class_label(*class)], *n)
+                })
+                .collect()
+        },
+    ),
+    (
         "dispa_upstream_connections_total",
         "Upstream connections used for requests: newly opened or reused from the pool.",
-        COUNTER,
-        vec![
-            sample(
-                &[("result", "new")],
-                COUNTER,
-                sum(&|s| s.upstream_connects.get()),
-            ),
-            sample(
-                &[("result", "reused")],
-                COUNTER,
-                sum(&|s| s.upstream_reused.get()),
-            ),
-        ],
-    ));
-    fams.push(family(
+        &["result"],
+        |s| {
+            workers_sums(
+                s,
+                &[
+                    ("new", |w| w.upstream_connects.get()),
+                    ("reused", |w| w.upstream_reused.get()),
+                ],
+            )
+        },
+    ),
+    (
         "dispa_upstream_errors_total",
         "Upstream failures by kind.",
-        COUNTER,
-        vec![
-            sample(
-                &[("kind", "connect")],
-                COUNTER,
-                sum(&|s| s.upstream_connect_failures.get()),
-            ),
-            sample(
-                &[("kind", "timeout")],
-                COUNTER,
-                sum(&|s| s.upstream_timeouts.get()),
-            ),
-            sample(
-                &[("kind", "bad_response")],
-                COUNTER,
-                sum(&|s| s.upstream_bad_responses.get()),
-            ),
-        ],
-    ));
-    fams.push(family(
+        &["kind"],
+        |s| {
+            workers_sums(
+                s,
+                &[
+                    ("connect", |w| w.upstream_connect_failures.get()),
+                    ("timeout", |w| w.upstream_timeouts.get()),
+                    ("bad_response", |w| w.upstream_bad_responses.get()),
+                ],
+            )
+        },
+    ),
+    (
+        "dispa_request_errors_total",
+        "Failed requests by the error their traffic record names.",
+        &["error"],
+        |s| {
+            let stats = s.fleet.stats();
+            ErrorKind::ALL
+                .iter()
+                .map(|k| {
+                    let n = stats.iter().map(|w| w.errors[*k as usize].get()).sum();
+                    (vec![k.label().to_string()], n)
+                })
+                .collect()
+        },
+    ),
+    (
         "dispa_upstream_retries_total",
         "Requests sent again after a reused connection turned out closed.",
-        COUNTER,
-        vec![sample(&[], COUNTER, sum(&|s| s.upstream_retries.get()))],
-    ));
-    fams.push(family(
+        &[],
+        |s| workers_sum(s, |w| w.upstream_retries.get()),
+    ),
+    (
         "dispa_received_bytes_total",
         "Bytes read from clients.",
-        COUNTER,
-        vec![sample(&[], COUNTER, sum(&|s| s.bytes_from_clients.get()))],
-    ));
-    fams.push(family(
+        &[],
+        |s| workers_sum(s, |w| w.bytes_from_clients.get()),
+    ),
+    (
         "dispa_sent_bytes_total",
         "Bytes written to clients.",
-        COUNTER,
-        vec![sample(&[], COUNTER, sum(&|s| s.bytes_to_clients.get()))],
-    ));
-    fams.push(family(
+        &[],
+        |s| workers_sum(s, |w| w.bytes_to_clients.get()),
+    ),
+    (
         "dispa_requests_rejected_total",
         "Requests answered by Dispa without forwarding, by reason.",
-        COUNTER,
-        vec![
-            sample(
-                &[("reason", "not_intercepted")],
-                COUNTER,
-                sum(&|s| s.not_intercepted.get()),
-            ),
-            sample(
-                &[("reason", "bad_request")],
-                COUNTER,
-                sum(&|s| s.rejected_bad_request.get()),
-            ),
-            sample(
-                &[("reason", "limits")],
-                COUNTER,
-                sum(&|s| s.rejected_limits.get()),
-            ),
-            sample(
-                &[("reason", "timeout")],
-                COUNTER,
-                sum(&|s| s.rejected_timeout.get()),
-            ),
-        ],
-    ));
-    fams.push(family(
+        &["reason"],
+        |s| {
+            workers_sums(
+                s,
+                &[
+                    ("not_intercepted", |w| w.not_intercepted.get()),
+                    ("bad_request", |w| w.rejected_bad_request.get()),
+                    ("limits", |w| w.rejected_limits.get()),
+                    ("timeout", |w| w.rejected_timeout.get()),
+                ],
+            )
+        },
+    ),
+    (
         "dispa_connections_refused_total",
         "Client connections answered 503 and closed because limits.max_connections were open.",
-        COUNTER,
-        vec![sample(&[], COUNTER, sum(&|s| s.refused_connections.get()))],
-    ));
-    fams.push(family(
+        &[],
+        |s| workers_sum(s, |w| w.refused_connections.get()),
+    ),
+    (
         "dispa_upgrades_total",
         "Connections switched to a tunnel after a 101.",
-        COUNTER,
-        vec![sample(&[], COUNTER, sum(&|s| s.upgrades.get()))],
-    ));
-    let mut per_worker: Vec<_> = (0..stats.len())
-        .map(|w| (w, t.per_worker.get(&w).copied().unwrap_or(0)))
-        .collect();
-    per_worker.sort();
-    fams.push(family(
+        &[],
+        |s| workers_sum(s, |w| w.upgrades.get()),
+    ),
+    (
         "dispa_worker_requests_total",
         "Requests answered per worker (to see imbalance).",
-        COUNTER,
-        per_worker
-            .into_iter()
-            .map(|(w, n)| sample(&[("worker", &w.to_string())], COUNTER, n as f64))
-            .collect(),
-    ));
-    let mut checks = Vec::new();
-    for tg in &snap.targets {
-        if let Some(e) = state.health.get(&(tg.name.clone(), tg.addr)) {
-            checks.push(sample(
-                &[("target", &tg.name), ("result", "ok")],
-                COUNTER,
-                e.checks_ok as f64,
-            ));
-            checks.push(sample(
-                &[("target", &tg.name), ("result", "failed")],
-                COUNTER,
-                e.checks_failed as f64,
-            ));
-        }
-    }
-    fams.push(family(
+        &["worker"],
+        |s| {
+            (0..s.fleet.stats().len())
+                .map(|w| {
+                    (
+                        vec![w.to_string()],
+                        s.totals.per_worker.get(&w).copied().unwrap_or(0),
+                    )
+                })
+                .collect()
+        },
+    ),
+    (
         "dispa_health_checks_total",
         "Active health probes by result.",
-        COUNTER,
-        checks,
-    ));
-    fams.push(family(
-        "dispa_config_generation",
-        "Generation of the configuration the workers run.",
-        GAUGE,
-        vec![sample(&[], GAUGE, snap.generation as f64)],
-    ));
-    fams.push(family(
+        &["target", "result"],
+        |s| {
+            let mut out = Vec::new();
+            for t in &s.fleet.snapshot().targets {
+                if let Some(e) = s.health.get(&(t.name.clone(), t.addr)) {
+                    out.push((vec![t.name.clone(), "ok".into()], e.checks_ok));
+                    out.push((vec![t.name.clone(), "failed".into()], e.checks_failed));
+                }
+            }
+            out
+        },
+    ),
+    (
         "dispa_config_reloads_total",
         "Configuration reloads by result.",
-        COUNTER,
-        vec![
-            sample(&[("result", "ok")], COUNTER, state.reloads_ok as f64),
-            sample(
-                &[("result", "failed")],
-                COUNTER,
-                state.reloads_failed as f64,
-            ),
-        ],
-    ));
-    let ls = state.fleet.logging_stats();
-    fams.push(family(
+        &["result"],
+        |s| {
+            vec![
+                (vec!["ok".into()], s.reloads_ok),
+                (vec!["failed".into()], s.reloads_failed),
+            ]
+        },
+    ),
+    (
         "dispa_traffic_records_total",
         "Traffic records written, by sink.",
-        COUNTER,
-        vec![
-            sample(&[("sink", "file")], COUNTER, ls.written_file.get() as f64),
-            sample(
-                &[("sink", "database")],
-                COUNTER,
-                ls.written_database.get() as f64,
-            ),
-        ],
-    ));
-    fams.push(family(
+        &["sink"],
+        |s| {
+            let l = s.fleet.logging_stats();
+            by_sink(l.written_file.get(), l.written_database.get())
+        },
+    ),
+    (
         "dispa_traffic_records_dropped_total",
         "Traffic records dropped because the logging thread's queue was full.",
-        COUNTER,
-        vec![sample(&[], COUNTER, sum(&|s| s.records_dropped.get()))],
-    ));
-    fams.push(family(
+        &[],
+        |s| workers_sum(s, |w| w.records_dropped.get()),
+    ),
+    (
         "dispa_traffic_records_lost_total",
         "Traffic records a failing sink could not take, by sink.",
-        COUNTER,
-        vec![
-            sample(&[("sink", "file")], COUNTER, ls.lost_file.get() as f64),
-            sample(
-                &[("sink", "database")],
-                COUNTER,
-                ls.lost_database.get() as f64,
-            ),
-        ],
-    ));
-    fams.push(family(
+        &["sink"],
+        |s| {
+            let l = s.fleet.logging_stats();
+            by_sink(l.lost_file.get(), l.lost_database.get())
+        },
+    ),
+    (
         "dispa_traffic_sink_errors_total",
         "Failed batch writes, by sink.",
-        COUNTER,
-        vec![
-            sample(&[("sink", "file")], COUNTER, ls.errors_file.get() as f64),
-            sample(
-                &[("sink", "database")],
-                COUNTER,
-                ls.errors_database.get() as f64,
-            ),
-        ],
-    ));
-    fams.extend(state.process.collect());
+        &["sink"],
+        |s| {
+            let l = s.fleet.logging_stats();
+            by_sink(l.errors_file.get(), l.errors_database.get())
+        },
+    ),
+];
 
-    // The text format has no way to show a family without samples.
-    fams.retain(|f| !f.get_metric().is_empty());
-    let mut out = Vec::new();
-    if let Err(e) = TextEncoder::new().encode(&fams, &mut out) {
-        tracing::error!("encoding metrics: {e}");
-    }
-    String::from_utf8(out).unwrap_or_default()
-}
+const GAUGES: &[Family] = &[
+    (
+        "dispa_target_healthy",
+        "1 when the target takes new requests (healthy, not cooling down, not drained).",
+        &["target"],
+        |s| {
+            let targets = &s.fleet.snapshot().targets;
+            targets
+                .iter()
+                .map(|t| (vec![t.name.clone()], u64::from(t.available)))
+                .collect()
+        },
+    ),
+    (
+        "dispa_target_inflight",
+        "Requests in flight per target.",
+        &["target"],
+        |s| {
+            let targets = &s.fleet.snapshot().targets;
+            targets
+                .iter()
+                .map(|t| (vec![t.name.clone()], t.inflight.total()))
+                .collect()
+        },
+    ),
+    (
+        "dispa_active_connections",
+        "Open client connections.",
+        &[],
+        |s| workers_sum(s, |w| w.open_connections.get()),
+    ),
+    (
+        "dispa_upstream_idle_connections",
+        "Idle pooled connections to targets.",
+        &[],
+        |s| workers_sum(s, |w| w.pool_idle.get()),
+    ),
+    (
+        "dispa_config_generation",
+        "Generation of the configuration the workers run.",
+        &[],
+        |s| vec![(Vec::new(), s.fleet.snapshot().generation)],
+    ),
+];

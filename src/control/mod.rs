@@ -8,7 +8,6 @@
 mod api;
 mod fleet;
 mod health;
-mod json;
 mod metrics;
 mod reload;
 pub mod signals;
@@ -103,14 +102,14 @@ pub(crate) struct State {
     fleet: Fleet,
     config_path: Option<PathBuf>,
     fingerprint: Option<(std::time::SystemTime, u64, u64)>,
-    health: health::Book,
+    health: health::HealthTable,
     totals: metrics::Totals,
     reloads_ok: u64,
     reloads_failed: u64,
     last_reload: Option<reload::Outcome>,
     started: Instant,
     all_down: bool,
-    process: prometheus::process_collector::ProcessCollector,
+    metrics: metrics::Metrics,
 }
 
 impl State {
@@ -241,7 +240,7 @@ pub fn start(parts: Parts, config_path: Option<PathBuf>) -> Result<Handle, Error
     let stop = Arc::new(AtomicBool::new(false));
     let stop_flag = stop.clone();
     let now = Instant::now();
-    let mut health = health::Book::default();
+    let mut health = health::HealthTable::default();
     let keys: Vec<health::Key> = fleet
         .snapshot()
         .targets
@@ -260,7 +259,7 @@ pub fn start(parts: Parts, config_path: Option<PathBuf>) -> Result<Handle, Error
         last_reload: None,
         started: now,
         all_down: false,
-        process: prometheus::process_collector::ProcessCollector::for_self(),
+        metrics: metrics::Metrics::new(),
     };
     let thread = std::thread::Builder::new()
         .name("dispa-control".into())

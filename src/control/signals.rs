@@ -1,43 +1,44 @@
-//! SIGTERM/SIGINT (graceful stop; a second one exits at once) and SIGHUP (reload). The
-//! handlers only set flags, which the control thread polls.
+//! SIGTERM/SIGINT (graceful stop; a second one exits at once with status 130) and SIGHUP
+//! (reload), as flags the control thread polls (signal-hook sets them; nothing else runs
+//! in the handler).
 
+use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-static STOP: AtomicBool = AtomicBool::new(false);
-static RELOAD: AtomicBool = AtomicBool::new(false);
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::flag;
 
-extern "C" fn on_signal(sig: libc::c_int) {
-    match sig {
-        libc::SIGHUP => RELOAD.store(true, Ordering::SeqCst),
-        _ => {
-            if STOP.swap(true, Ordering::SeqCst) {
-                // Second stop signal: exit now. _exit is async-signal-safe.
-                unsafe { libc::_exit(130) };
-            }
-        }
-    }
+struct Flags {
+    stop: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
 }
 
+static FLAGS: OnceLock<Flags> = OnceLock::new();
+
 /// Install the handlers for the whole process (call once, from `main`).
-pub fn install() {
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        // SAFETY: a handler that only touches atomics (and may call _exit) is
-        // async-signal-safe; sigaction is given a zeroed, then filled, struct.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as *const () as usize;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(sig, &action, std::ptr::null_mut());
-        }
+pub fn install() -> std::io::Result<()> {
+    let flags = FLAGS.get_or_init(|| Flags {
+        stop: Arc::new(AtomicBool::new(false)),
+        reload: Arc::new(AtomicBool::new(false)),
+    });
+    for sig in [SIGTERM, SIGINT] {
+        // Registered first, so it sees the flag as the previous signal left it: set means
+        // this is the second stop signal.
+        flag::register_conditional_shutdown(sig, 130, flags.stop.clone())?;
+        flag::register(sig, flags.stop.clone())?;
     }
+    flag::register(SIGHUP, flags.reload.clone())?;
+    Ok(())
 }
 
 pub fn stop_requested() -> bool {
-    STOP.load(Ordering::SeqCst)
+    FLAGS.get().is_some_and(|f| f.stop.load(Ordering::SeqCst))
 }
 
 /// Whether a reload was asked for since the last call.
 pub fn take_reload() -> bool {
-    RELOAD.swap(false, Ordering::SeqCst)
+    FLAGS
+        .get()
+        .is_some_and(|f| f.reload.swap(false, Ordering::SeqCst))
 }

@@ -3,11 +3,14 @@
 
 use super::encode::push_u64;
 
-/// Reason phrases for the statuses Dispa generates.
+/// Reason phrases for the statuses Dispa generates (the proxy and the status API).
 pub fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
+        200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",

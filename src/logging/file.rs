@@ -5,11 +5,12 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 
-use super::record::{compact_utc, json_line};
+use super::record::json_line;
+use crate::clock::{compact_utc, secs_of as unix_secs};
 use crate::config::{FileSink as Settings, Rotation};
 use crate::msg::TrafficRecord;
 
@@ -72,10 +73,6 @@ fn period(rotation: Rotation, unix_secs: u64) -> u64 {
         Rotation::Daily => unix_secs / 86_400,
         Rotation::Never => 0,
     }
-}
-
-fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl FileSink {

@@ -1,75 +1,13 @@
-//! A traffic record as one JSON line (the file sink's format), and UTC time formatting
-//! without a date library.
+//! A traffic record as one JSON line (the file sink's format). Written by hand, not with
+//! serde_json: it runs once per request on the logging thread, and writing straight into
+//! the batch buffer with no intermediate value measured cheaper (docs/BENCHMARKS.md).
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::clock::push_rfc3339_ms;
 use crate::http::encode::push_u64;
 use crate::msg::{RecordText, TrafficRecord};
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// Unix seconds → (year, month, day, hour, minute, second), UTC.
-fn utc(unix_secs: u64) -> (i64, u32, u32, i64, i64, i64) {
-    let secs = unix_secs as i64;
-    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
-    let rem = secs.rem_euclid(86_400);
-    (y, mo, d, rem / 3600, rem / 60 % 60, rem % 60)
-}
-
-/// `2026-11-26T05:21:07.123Z`.
-pub fn rfc3339_ms(unix_ms: u64) -> String {
-    let mut out = Vec::with_capacity(24);
-    push_rfc3339_ms(&mut out, unix_ms);
-    String::from_utf8(out).expect("ASCII")
-}
-
-/// Append `n` as exactly `width` digits (zero-padded; wider numbers are cut on the left).
-fn push_padded(out: &mut Vec<u8>, mut n: u64, width: usize) {
-    let mut digits = [b'0'; 20];
-    for d in digits[..width].iter_mut().rev() {
-        *d = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-    out.extend_from_slice(&digits[..width]);
-}
-
-pub fn push_rfc3339_ms(out: &mut Vec<u8>, unix_ms: u64) {
-    let (y, mo, d, h, mi, s) = utc(unix_ms / 1000);
-    push_padded(out, y.max(0) as u64, 4);
-    for (sep, n) in [
-        (b'-', mo as u64),
-        (b'-', d as u64),
-        (b'T', h as u64),
-        (b':', mi as u64),
-        (b':', s as u64),
-    ] {
-        out.push(sep);
-        push_padded(out, n, 2);
-    }
-    out.push(b'.');
-    push_padded(out, unix_ms % 1000, 3);
-    out.push(b'Z');
-}
-
-/// `20261126T052107Z`, for file names that sort by time.
-pub fn compact_utc(unix_secs: u64) -> String {
-    let (y, mo, d, h, mi, s) = utc(unix_secs);
-    format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
-}
 
 /// Append an address as `Display` writes it, with a fast path for IPv4 (most clients).
 pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
@@ -255,14 +193,6 @@ pub fn json_line(out: &mut Vec<u8>, r: &TrafficRecord) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn formats_utc() {
-        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_ms(1_795_670_066_712), "2026-11-26T05:14:26.712Z");
-        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(compact_utc(1_795_670_066), "20261126T051426Z");
-    }
 
     #[test]
     fn escapes_strings() {

@@ -3,7 +3,7 @@
 //! so the writer is never held up for long. Schema: docs/DATABASE.md.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, ToSql, params};
 
@@ -64,8 +64,7 @@ const PARAMS: usize = 24;
 /// indexes, the bindings' reset) is paid once for all of them. `OR FAIL` because a
 /// multi-row `INSERT` with the default `ABORT` keeps a statement journal to undo its
 /// earlier rows, which costs more than the rows (and no row here can violate a
-/// constraint). sink_cost, CPU per record: 2.41 µs with one row per `INSERT`, 1.75 with
-/// 4, 8 or 16 rows (and the statement prepared once per batch).
+/// constraint). Measured with `sink_cost` (docs/BENCHMARKS.md, "Figures behind the code").
 const ROWS_PER_INSERT: usize = 8;
 
 /// `INSERT INTO requests (...) VALUES (...), (...)` for `rows` rows.
@@ -116,8 +115,8 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     // WAL + NORMAL: a batch survives a process crash; only an OS crash may lose the last.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     // Rows and index entries are appended in time order, so a batch touches few pages:
-    // a 4 MiB page cache costs the same per record as 32 MiB (sink_cost: 3.07 vs 2.98 µs)
-    // and keeps the process small. The WAL is copied back (with its fsyncs) every ~40 MB
+    // a 4 MiB page cache costs the same per record as 32 MiB (sink_cost) and keeps the
+    // process small. The WAL is copied back (with its fsyncs) every ~40 MB
     // instead of every 4 MB.
     conn.pragma_update(None, "cache_size", -4000)?;
     conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
@@ -289,8 +288,7 @@ impl SqliteSink {
         let max_age = Duration::from_secs(u64::from(self.settings.retention_days) * 86_400);
         let cutoff = now
             .checked_sub(max_age)
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_millis() as i64);
+            .map_or(0, |t| crate::clock::ms_of(t) as i64);
         let conn = self.conn()?;
         for _ in 0..RETENTION_CHUNKS_PER_PASS {
             let n = conn.execute(

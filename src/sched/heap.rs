@@ -3,10 +3,10 @@
 //!
 //! glibc returns only the top of its heap by itself. A parked keep-alive connection frees
 //! its buffers, but they lie between the small allocations of connections that stay (their
-//! tasks), so without this every idle connection keeps ~1 KiB more resident
-//! (`scripts/idle-memory.sh`, 10,000 connections: 5.6 -> 4.6-5.0 KiB each). `malloc_trim`
-//! walks every arena and takes each arena's lock in turn (3.7-13 ms with 10,000
-//! connections), so it runs here, on the control thread, and only when for a whole tick no
+//! tasks), so without this every idle connection keeps about a KiB more resident.
+//! `malloc_trim` walks every arena and takes each arena's lock in turn (milliseconds with
+//! thousands of connections; figures in docs/BENCHMARKS.md, "Figures behind the code"),
+//! so it runs here, on the control thread, and only when for a whole tick no
 //! worker served a request and no connection parked (a wave of parking is over), none has
 //! a request in flight, at least [`HeapTrim::MIN_PARKED`] connections parked since the last
 //! trim, and not more than every [`HeapTrim::EVERY`].

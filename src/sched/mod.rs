@@ -26,7 +26,7 @@ pub use heap::HeapTrim;
 use std::time::Duration;
 
 /// What the workers ask for: short enough that a wake-up preempts a batch writer, long
-/// enough that a busy worker is not switched out mid-request (a request is ~10 µs).
+/// enough that a busy worker is not switched out mid-request (a request takes microseconds).
 pub const WORKER_SLICE: Duration = Duration::from_micros(100);
 
 /// What the logging thread asks for: when a worker sharing its CPU is runnable, it waits

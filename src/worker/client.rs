@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 use monoio::time::{timeout, timeout_at};
 
-use super::buf::{ReadBuf, write_vec};
 use super::failure::Failure;
 use crate::http::canned;
+use crate::io::{ReadBuf, write_vec};
 
 /// Initial capacity of a connection's read buffer (grown up to the configured limits).
 pub const BUF_START: usize = 4 * 1024;

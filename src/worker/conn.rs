@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 use monoio::time::{timeout, timeout_at};
 
-use super::buf::ReadBuf;
 use super::client::{BUF_START, Client};
 use super::draft::RecordDraft;
 use super::exchange::{Captures, Exchange};
@@ -23,6 +22,7 @@ use super::tally::NONE;
 use crate::http::host::MAX_HOST_LEN;
 use crate::http::parse::{RequestLimits, parse_request};
 use crate::http::{Body, RequestError, RequestHead};
+use crate::io::ReadBuf;
 
 /// Capacity of the head scratch buffer kept between requests.
 const OUT_KEEP: usize = 1024;

@@ -8,9 +8,11 @@
 //! - the request path, in the order a request takes it: `conn` (one client connection) →
 //!   `exchange` (one proxied exchange: `upstream`, `send`, `respond`) → `relay` (bodies
 //!   and tunnels); beside it `client` (the client side of a connection), `failure` (every
-//!   answer Dispa makes itself), `draft` (the traffic record of a request), `pool`, `buf`.
+//!   answer Dispa makes itself), `draft` (the traffic record of a request), `pool`.
+// Nothing here blocks or locks: clippy.toml's disallowed methods and types, allowed
+// elsewhere, are errors in this module (under `-D warnings`).
+#![warn(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod buf;
 mod client;
 mod conn;
 mod draft;
@@ -78,7 +80,7 @@ pub fn run(start: Start) {
             Ok(mut rt) => return rt.block_on(serve(start, "io_uring")),
             Err(e) if driver == IoDriver::IoUring => {
                 let reason = format!("io_uring runtime: {e}");
-                let _ = start.ready_tx.send(WorkerReady::Failed { id, reason });
+                let _ = start.ready_tx.try_send(WorkerReady::Failed { id, reason });
                 return;
             }
             Err(e) => {
@@ -98,7 +100,7 @@ pub fn run(start: Start) {
         Ok(mut rt) => rt.block_on(serve(start, "epoll")),
         Err(e) => {
             let reason = format!("epoll runtime: {e}");
-            let _ = start.ready_tx.send(WorkerReady::Failed { id, reason });
+            let _ = start.ready_tx.try_send(WorkerReady::Failed { id, reason });
         }
     }
 }
@@ -140,12 +142,12 @@ async fn serve(start: Start, driver: &'static str) {
         Ok(l) => l,
         Err(e) => {
             let reason = format!("listener: {e}");
-            let _ = ready_tx.send(WorkerReady::Failed { id, reason });
+            let _ = ready_tx.try_send(WorkerReady::Failed { id, reason });
             return;
         }
     };
     let worker = Rc::new(Worker::new(id, snapshot, stats, events_tx, records_tx));
-    let _ = ready_tx.send(WorkerReady::Up { id, driver });
+    let _ = ready_tx.try_send(WorkerReady::Up { id, driver });
     drop(ready_tx);
 
     let canceller = Canceller::new();

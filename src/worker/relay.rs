@@ -9,8 +9,8 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::timeout;
 
-use super::buf::{ReadBuf, write_vec};
 use crate::http::body::{ChunkError, ChunkedDecoder, LAST_CHUNK, Step, chunk_header};
+use crate::io::{ReadBuf, write_vec};
 
 /// Largest read buffer for bodies.
 pub const BODY_BUF_MAX: usize = 64 * 1024;

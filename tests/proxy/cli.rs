@@ -186,13 +186,14 @@ fn json_log_format_writes_one_object_per_line() {
         .unwrap();
     drop(child);
     assert!(
-        line.starts_with("{\"time\":\"20") && line.ends_with('}'),
+        line.starts_with("{\"timestamp\":\"20") && line.ends_with('}'),
         "{line}"
     );
     for part in [
         "\"level\":\"INFO\"",
         "\"message\":\"dispa started\"",
         "\"listen\":\"127.0.0.1:",
+        "\"version\":\"",
         "\"workers\":",
         "\"io\":\"",
         "\"config\":\"(demo)\"",

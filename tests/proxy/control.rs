@@ -359,7 +359,7 @@ fn metrics_move_with_traffic() {
         "round_robin",
         &format!("{NO_CHECKS}{MONITORING}"),
     ));
-    let series = "dispa_requests_total{domain=\"*.test.com\",target=\"b0\",status_class=\"2xx\"}";
+    let series = "dispa_requests_total{domain=\"*.test.com\",status_class=\"2xx\",target=\"b0\"}";
     let mut c = Client::connect(d.proxy);
     for _ in 0..5 {
         assert_eq!(c.get("a.test.com", "/").status, 200);
@@ -374,7 +374,7 @@ fn metrics_move_with_traffic() {
     );
     let text = scrape();
     let unmatched =
-        "dispa_requests_total{domain=\"unmatched\",target=\"none\",status_class=\"4xx\"}";
+        "dispa_requests_total{domain=\"unmatched\",status_class=\"4xx\",target=\"none\"}";
     assert_eq!(metric(&text, unmatched), Some(1.0));
     assert_eq!(
         metric(&text, "dispa_request_duration_seconds_count"),

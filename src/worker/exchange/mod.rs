@@ -10,7 +10,6 @@ mod upstream;
 
 use std::time::Instant;
 
-use super::buf::ReadBuf;
 use super::client::Client;
 use super::draft::RecordDraft;
 use super::failure::Failure;
@@ -19,6 +18,7 @@ use super::relay::{self, BodyCapture};
 use super::state::{Current, Worker};
 use crate::http::encode::{self, Forward};
 use crate::http::{Body, RequestHead};
+use crate::io::ReadBuf;
 use upstream::{InflightGuard, Upstream};
 
 /// Request bodies up to this size that are already buffered go upstream with the head (and

@@ -124,7 +124,6 @@ impl ReadBuf {
         Ok(())
     }
 
-    /// Release memory held by an idle connection's buffer when it grew large.
     /// Make room for reads of up to `cap` bytes at once (a body to relay): a buffer only
     /// grows when a read fills it, and one drained by each write never would.
     pub fn ensure_capacity(&mut self, cap: usize) {
@@ -143,6 +142,7 @@ impl ReadBuf {
         }
     }
 
+    /// Release memory held by an idle connection's buffer when it grew past `keep`.
     pub fn shrink_if_idle(&mut self, keep: usize) {
         if self.is_empty() && self.vec.capacity() > keep {
             self.vec = Vec::with_capacity(keep);
