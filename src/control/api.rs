@@ -210,7 +210,10 @@ fn route(
             }
             json(
                 200,
-                &serde_json::json!({ "target": name, "drained": drained }),
+                &Drained {
+                    target: name,
+                    drained,
+                },
             )
         }
         (Endpoint::Status, "/health" | "/ready" | "/targets" | "/status" | "/reload") => {
