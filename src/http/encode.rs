@@ -131,12 +131,7 @@ pub fn response_head(
     client_minor: u8,
     keep_alive: bool,
 ) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    push_u64(out, u64::from(r.status));
-    out.push(b' ');
-    out.extend_from_slice(r.reason.of(buf));
-    out.extend_from_slice(b"\r\n");
-    push_kept(out, buf, &r.fields);
+    push_status_and_fields(out, buf, r);
     match framing {
         ClientFraming::Length(n) => {
             out.extend_from_slice(b"Content-Length: ");
@@ -179,13 +174,19 @@ pub fn switching_head(out: &mut Vec<u8>, buf: &[u8], r: &ResponseHead, upgrade: 
 
 /// An interim (1xx other than 101) head relayed to an HTTP/1.1 client.
 pub fn interim_head(out: &mut Vec<u8>, buf: &[u8], r: &ResponseHead) {
+    push_status_and_fields(out, buf, r);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The status line (always HTTP/1.1: Dispa's own version) and the fields forwarded as
+/// they came.
+fn push_status_and_fields(out: &mut Vec<u8>, buf: &[u8], r: &ResponseHead) {
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, u64::from(r.status));
     out.push(b' ');
     out.extend_from_slice(r.reason.of(buf));
     out.extend_from_slice(b"\r\n");
     push_kept(out, buf, &r.fields);
-    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
