@@ -117,3 +117,19 @@ fn every_metric_and_config_key_is_in_the_user_manual() {
         "config keys not in USER_MANUAL.md: {undocumented:?}"
     );
 }
+
+/// The errors a traffic record can name are the ones DATABASE.md lists for its `error`
+/// column and the user manual lists for `dispa_request_errors_total`.
+#[test]
+fn every_error_kind_is_documented_where_records_and_metrics_are() {
+    let database = std::fs::read_to_string(root().join("docs/DATABASE.md")).unwrap();
+    let manual = std::fs::read_to_string(root().join("docs/USER_MANUAL.md")).unwrap();
+    for kind in dispa::msg::ErrorKind::ALL {
+        let label = kind.label();
+        assert!(database.contains(label), "{label} not in DATABASE.md");
+        assert!(
+            manual.contains(&format!("`{label}`")),
+            "{label} not in USER_MANUAL.md"
+        );
+    }
+}
