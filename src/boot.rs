@@ -64,7 +64,7 @@ impl Running {
         self.local_addr
     }
 
-    /// The worker with this id's counters.
+    /// Each worker's counters, by worker id.
     pub fn stats(&self) -> Vec<Arc<WorkerStats>> {
         self.parts.workers.iter().map(|w| w.stats.clone()).collect()
     }

@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::State;
 use crate::clock;
 use crate::http::canned;
-use crate::http::parse::{RequestLimits, field, parse_request};
+use crate::http::parse::{RequestLimits, field, parse_local_request};
 use crate::io::{self, ReadBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,12 +54,14 @@ async fn read_request(stream: &mut TcpStream) -> Option<Request> {
         max_headers: 64,
         max_uri_bytes: MAX_REQUEST,
     };
-    let parse = |b: &[u8]| parse_request(b, &limits);
+    // Not the proxy's parser: no Host is needed here (HAProxy's default check sends an
+    // HTTP/1.0 request without one), and no body is read.
+    let parse = |b: &[u8]| parse_local_request(b, &limits);
     let head = io::read_head(stream, &mut buf, MAX_REQUEST, parse)
         .await
         .ok()?;
     let data = buf.data();
-    let target = String::from_utf8_lossy(head.path.of(data));
+    let target = String::from_utf8_lossy(head.target.of(data));
     Some(Request {
         method: String::from_utf8_lossy(head.method.of(data)).into_owned(),
         path: target.split('?').next().unwrap_or("/").to_string(),

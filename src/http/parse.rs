@@ -326,27 +326,8 @@ pub fn parse_request(
     // Uninitialised storage: zeroing 128 headers (4 KiB) per parse showed in profiles.
     let mut storage = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
-    let head_len = match req.parse_with_uninit_headers(buf, &mut storage[..limits.max_headers]) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            // A request line longer than the URI limit is a 414 even before the head ends.
-            if !buf.contains(&b'\n') && buf.len() > limits.max_uri_bytes + 64 {
-                return Err(RequestError::UriTooLong);
-            }
-            return Ok(None);
-        }
-        Err(httparse::Error::TooManyHeaders) => return Err(RequestError::TooManyFields),
-        Err(httparse::Error::Version) => {
-            return Err(RequestError::Malformed("unsupported HTTP version"));
-        }
-        Err(httparse::Error::HeaderName) => {
-            return Err(RequestError::Malformed("invalid header name"));
-        }
-        Err(httparse::Error::HeaderValue) => {
-            return Err(RequestError::Malformed("invalid header value"));
-        }
-        Err(httparse::Error::Token) => return Err(RequestError::Malformed("invalid method")),
-        Err(_) => return Err(RequestError::Malformed("malformed request head")),
+    let Some(head_len) = parse_start(&mut req, buf, limits, &mut storage)? else {
+        return Ok(None);
     };
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(RequestError::Malformed("malformed request line"));
@@ -483,6 +464,66 @@ pub fn parse_request(
         // An HTTP/1.0 client cannot take a 100 (RFC 9110 §10.1.1): ignore its Expect.
         expect_continue: expect_continue && minor == 1 && body != Body::None,
         upgrade,
+        head_len,
+    }))
+}
+
+/// Run httparse over `buf` into `storage`: the head's length once it is complete, the
+/// syntax errors mapped to what Dispa answers.
+fn parse_start<'h, 'b>(
+    req: &mut httparse::Request<'h, 'b>,
+    buf: &'b [u8],
+    limits: &RequestLimits,
+    storage: &'h mut [MaybeUninit<httparse::Header<'b>>],
+) -> Result<Option<usize>, RequestError> {
+    match req.parse_with_uninit_headers(buf, &mut storage[..limits.max_headers]) {
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) => {
+            // A request line longer than the URI limit is a 414 even before the head ends.
+            if !buf.contains(&b'\n') && buf.len() > limits.max_uri_bytes + 64 {
+                return Err(RequestError::UriTooLong);
+            }
+            Ok(None)
+        }
+        Err(httparse::Error::TooManyHeaders) => Err(RequestError::TooManyFields),
+        Err(httparse::Error::Version) => Err(RequestError::Malformed("unsupported HTTP version")),
+        Err(httparse::Error::HeaderName) => Err(RequestError::Malformed("invalid header name")),
+        Err(httparse::Error::HeaderValue) => Err(RequestError::Malformed("invalid header value")),
+        Err(httparse::Error::Token) => Err(RequestError::Malformed("invalid method")),
+        Err(_) => Err(RequestError::Malformed("malformed request head")),
+    }
+}
+
+/// A request to one of Dispa's own endpoints (the status API): its method, target and
+/// fields, by the same parser, without what only forwarding needs (a Host, framing).
+pub struct LocalRequest {
+    pub method: Span,
+    pub target: Span,
+    pub fields: Fields,
+    pub head_len: usize,
+}
+
+/// Parse a request head for Dispa's own endpoints. `Ok(None)`: incomplete.
+pub fn parse_local_request(
+    buf: &[u8],
+    limits: &RequestLimits,
+) -> Result<Option<LocalRequest>, RequestError> {
+    let mut storage = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let Some(head_len) = parse_start(&mut req, buf, limits, &mut storage)? else {
+        return Ok(None);
+    };
+    let (Some(method), Some(target)) = (req.method, req.path) else {
+        return Err(RequestError::Malformed("malformed request line"));
+    };
+    let mut fields = Fields::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        fields.push(buf, h);
+    }
+    Ok(Some(LocalRequest {
+        method: Span::within(buf, method.as_bytes()),
+        target: Span::within(buf, target.as_bytes()),
+        fields,
         head_len,
     }))
 }
@@ -661,6 +702,20 @@ mod tests {
 
     fn bad(raw: &str) -> u16 {
         req(raw).expect_err(raw).status()
+    }
+
+    #[test]
+    fn local_requests_need_no_host_but_the_same_syntax() {
+        let raw = b"GET /ready HTTP/1.0\r\nAuthorization: Bearer x\r\n\r\n";
+        let r = parse_local_request(raw, &LIMITS).unwrap().unwrap();
+        assert_eq!(r.target.of(raw), b"/ready");
+        assert_eq!(
+            field(raw, &r.fields, b"authorization"),
+            Some(&b"Bearer x"[..])
+        );
+        assert!(req("GET /ready HTTP/1.0\r\n\r\n").is_err());
+        let bad = b"GET /ready HTTP/1.0\r\nBad Name: x\r\n\r\n";
+        assert!(parse_local_request(bad, &LIMITS).is_err());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! A traffic record as one JSON line (the file sink's format). Written by hand, not with
 //! serde_json: it runs once per request on the logging thread, and writing straight into
-//! the batch buffer with no intermediate value measured cheaper (docs/BENCHMARKS.md).
+//! the batch buffer measured cheaper (docs/BENCHMARKS.md, "Earlier changes").
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};

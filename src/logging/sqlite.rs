@@ -64,7 +64,7 @@ const PARAMS: usize = 24;
 /// indexes, the bindings' reset) is paid once for all of them. `OR FAIL` because a
 /// multi-row `INSERT` with the default `ABORT` keeps a statement journal to undo its
 /// earlier rows, which costs more than the rows (and no row here can violate a
-/// constraint). Measured with `sink_cost` (docs/BENCHMARKS.md, "Figures behind the code").
+/// constraint). Measured with `sink_cost` (docs/BENCHMARKS.md, "Changes measured").
 const ROWS_PER_INSERT: usize = 8;
 
 /// `INSERT INTO requests (...) VALUES (...), (...)` for `rows` rows.

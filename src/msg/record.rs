@@ -14,8 +14,8 @@ pub enum ErrorKind {
     Timeout,
     /// The target's answer was malformed, or it stopped reading or closed mid-response.
     BadResponse,
-    /// A pooled connection was closed by the target before any response byte, and the
-    /// request could not be sent again.
+    /// The target's connection failed or closed before any response byte (a pooled one
+    /// is tried again on a new connection when the request allows).
     UpstreamClosed,
     /// The response body broke off after its head was relayed: the client's connection
     /// was reset.
@@ -91,32 +91,6 @@ pub struct Captured {
     pub response_headers: Vec<(String, String)>,
     pub request_body: Vec<u8>,
     pub response_body: Vec<u8>,
-}
-
-impl Captured {
-    /// Keep the fields of `fields` (spans into `buf`) whose names are in `names`
-    /// (lowercase; `"*"` keeps all).
-    pub fn keep_fields(
-        out: &mut Vec<(String, String)>,
-        buf: &[u8],
-        fields: &crate::http::parse::Fields,
-        names: &[String],
-    ) {
-        let all = names.iter().any(|n| n == "*");
-        for f in &fields.list {
-            let name = f.name.of(buf);
-            if all
-                || names
-                    .iter()
-                    .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
-            {
-                out.push((
-                    String::from_utf8_lossy(name).into_owned(),
-                    String::from_utf8_lossy(f.value.of(buf)).into_owned(),
-                ));
-            }
-        }
-    }
 }
 
 /// The text fields of a [`TrafficRecord`], in storage order.

@@ -5,7 +5,7 @@
 //! its buffers, but they lie between the small allocations of connections that stay (their
 //! tasks), so without this every idle connection keeps about a KiB more resident.
 //! `malloc_trim` walks every arena and takes each arena's lock in turn (milliseconds with
-//! thousands of connections; figures in docs/BENCHMARKS.md, "Figures behind the code"),
+//! thousands of connections; figures in docs/BENCHMARKS.md, "Changes measured"),
 //! so it runs here, on the control thread, and only when for a whole tick no
 //! worker served a request and no connection parked (a wave of parking is over), none has
 //! a request in flight, at least [`HeapTrim::MIN_PARKED`] connections parked since the last

@@ -8,7 +8,7 @@ use super::outcome::Outcome;
 use super::state::{Current, Worker};
 use crate::http::RequestHead;
 use crate::http::host::MAX_HOST_LEN;
-use crate::http::parse::field;
+use crate::http::parse::{Fields, field};
 use crate::msg::{Captured, RecordText, TrafficRecord};
 
 pub struct RecordDraft {
@@ -75,7 +75,7 @@ impl RecordDraft {
         }
         let settings = &snapshot.config.logging.capture;
         let mut c = Box::<Captured>::default();
-        Captured::keep_fields(
+        keep_fields(
             &mut c.request_headers,
             data,
             &head.fields,
@@ -165,6 +165,25 @@ impl RecordDraft {
     fn push_new_id(&mut self, worker: &Worker) {
         worker.write_request_id(&mut self.text);
         self.ends[RecordText::Id as usize] = self.text.len() as u32;
+    }
+}
+
+/// Copy the fields of `fields` (spans into `buf`) whose names are in `names` (lowercase;
+/// `"*"` keeps all) to `out`, for `[logging.capture]`.
+pub fn keep_fields(out: &mut Vec<(String, String)>, buf: &[u8], fields: &Fields, names: &[String]) {
+    let all = names.iter().any(|n| n == "*");
+    for f in &fields.list {
+        let name = f.name.of(buf);
+        if all
+            || names
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+        {
+            out.push((
+                String::from_utf8_lossy(name).into_owned(),
+                String::from_utf8_lossy(f.value.of(buf)).into_owned(),
+            ));
+        }
     }
 }
 

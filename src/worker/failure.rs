@@ -44,13 +44,16 @@ pub enum Failure {
     SendTimeout,
     /// The target stopped reading the request body and sent no answer.
     StoppedReading,
-    /// A pooled connection closed before any response byte: the request may be sent again
-    /// on a new connection ([`Failure::retryable`]); when it cannot be, the client gets 502.
+    /// The connection failed or closed before any response byte. On a pooled connection
+    /// the request may be sent again on a new one ([`Failure::retryable`], when the
+    /// request allows); otherwise the client gets 502.
     Stale,
     /// No final response head within the target's response timeout.
     ResponseTimeout,
-    /// A response head that cannot be parsed, or more than 16 interim ones.
+    /// A response head that cannot be parsed.
     BadResponse,
+    /// More than 16 interim (1xx) responses before a final one.
+    TooManyInterim,
     /// A 101 the client did not ask for.
     UnaskedSwitch,
     /// The target closed after part of a response, before anything reached the client.
@@ -70,8 +73,8 @@ impl Failure {
             | BadChunkedBody | ClientGone => Side::Client,
             NoTarget | TooManyConnections => Side::Proxy,
             ConnectFailed | ConnectTimeout | SendTimeout | StoppedReading | Stale
-            | ResponseTimeout | BadResponse | UnaskedSwitch | ClosedMidResponse
-            | StalledMidResponse | Truncated => Side::Upstream,
+            | ResponseTimeout | BadResponse | TooManyInterim | UnaskedSwitch
+            | ClosedMidResponse | StalledMidResponse | Truncated => Side::Upstream,
         }
     }
 
@@ -95,6 +98,7 @@ impl Failure {
             Stale => (502, "target closed the connection"),
             ResponseTimeout => (504, "timed out waiting for the target's response"),
             BadResponse => (502, "invalid response from the target"),
+            TooManyInterim => (502, "too many interim responses"),
             UnaskedSwitch => (502, "target switched protocols unasked"),
             ClosedMidResponse => (502, "target closed the connection mid-response"),
             StalledMidResponse => (504, "target stalled mid-response"),
@@ -114,7 +118,7 @@ impl Failure {
             ConnectFailed => ErrorKind::Connect,
             ConnectTimeout => ErrorKind::ConnectTimeout,
             SendTimeout | ResponseTimeout | StalledMidResponse => ErrorKind::Timeout,
-            StoppedReading | BadResponse | UnaskedSwitch | ClosedMidResponse => {
+            StoppedReading | BadResponse | TooManyInterim | UnaskedSwitch | ClosedMidResponse => {
                 ErrorKind::BadResponse
             }
             Stale => ErrorKind::UpstreamClosed,
@@ -150,9 +154,8 @@ impl Failure {
             NotIntercepted => stats.not_intercepted.inc(),
             TooManyConnections => stats.refused_connections.inc(),
             SendTimeout | ResponseTimeout | StalledMidResponse => stats.upstream_timeouts.inc(),
-            StoppedReading | Stale | BadResponse | UnaskedSwitch | ClosedMidResponse => {
-                stats.upstream_bad_responses.inc()
-            }
+            StoppedReading | Stale | BadResponse | TooManyInterim | UnaskedSwitch
+            | ClosedMidResponse => stats.upstream_bad_responses.inc(),
             // Connect failures are counted per attempt, where they happen.
             ConnectFailed | ConnectTimeout | NoTarget => {}
             BodyTimeout | BadChunkedBody | ClientGone | Truncated => {}
@@ -164,7 +167,8 @@ impl Failure {
 mod tests {
     use super::*;
 
-    const ALL: [Failure; 22] = [
+    const ALL: [Failure; 23] = [
+        Failure::TooManyInterim,
         Failure::BadHead(RequestError::UriTooLong),
         Failure::HeadTimeout,
         Failure::NotIntercepted,

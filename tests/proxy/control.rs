@@ -330,6 +330,18 @@ fn admin_actions_need_the_token_when_one_is_set() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
+/// Load balancers' checks often send HTTP/1.0 without a Host (HAProxy's default
+/// `option httpchk`): the status API answers them.
+#[test]
+fn status_api_answers_http10_checks_without_host() {
+    let b = Backend::named("b");
+    let d = controlled(&config(&[b.addr], "round_robin", MONITORING));
+    let r = raw(d.status, b"GET /ready HTTP/1.0\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = raw(d.status, b"OPTIONS /health HTTP/1.0\r\n\r\n");
+    assert_eq!(r.status, 405, "{}", r.text());
+}
+
 #[test]
 fn drained_target_gets_no_new_requests_until_enabled() {
     let (a, b) = (Backend::named("a"), Backend::named("b"));

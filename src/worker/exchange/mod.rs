@@ -1,8 +1,9 @@
 //! One proxied exchange, in the order it runs: pick a target and get a connection to it
 //! (`upstream`), send the rebuilt head and the body and read up to the final response
-//! head (`send`), then relay the response and settle both connections (`respond`). Any
-//! failure on the way ends in [`Exchange::fail`], the one place that counts it, names it in
-//! the record and answers the client.
+//! head (`send`), then relay the response and settle both connections (`respond`). A
+//! failure before anything was forwarded ends in [`Exchange::refuse`], one after in
+//! [`Exchange::fail`]: the two places that count it, name it in the record and answer the
+//! client, both from what `Failure` decides.
 
 mod respond;
 mod send;

@@ -10,13 +10,13 @@ use super::Exchange;
 use crate::http::encode::{self, ClientFraming};
 use crate::http::parse::field;
 use crate::http::{Body, RequestHead, ResponseHead};
-use crate::msg::Captured;
+use crate::worker::draft::keep_fields;
 use crate::worker::failure::Failure;
 use crate::worker::outcome::Next;
 use crate::worker::relay::{self, Bounds};
 
 /// Response bodies up to this size are sent with their head in one write (each write to
-/// the client wakes it; see docs/BENCHMARKS.md, "one write per small response").
+/// the client wakes it; docs/BENCHMARKS.md, "Earlier changes").
 const INLINE_RESPONSE: u64 = 64 * 1024;
 
 /// The request that was sent.
@@ -58,7 +58,7 @@ pub async fn respond(
     );
     if let Some(c) = ex.record.as_deref_mut().and_then(|d| d.capture()) {
         let names = &cfg.logging.capture.response_headers;
-        Captured::keep_fields(&mut c.response_headers, ex.ubuf.data(), &r.fields, names);
+        keep_fields(&mut c.response_headers, ex.ubuf.data(), &r.fields, names);
     }
     ex.ubuf.consume(r.head_len);
     ex.outcome.status = r.status;

@@ -153,7 +153,7 @@ async fn read_head(
                     if (100..200).contains(&r.status) && r.status != 101 {
                         reading.interims += 1;
                         if reading.interims > MAX_INTERIM {
-                            return Err(Failure::BadResponse);
+                            return Err(Failure::TooManyInterim);
                         }
                         if head.minor_version == 1 {
                             relay_interim(ex, &r, reading.send).await?;
