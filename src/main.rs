@@ -169,7 +169,15 @@ fn check(path: &Path) -> ExitCode {
                     c.monitoring.health_bind, c.monitoring.metrics_bind
                 );
             }
-            ExitCode::SUCCESS
+            let problems = dispa::logging::check_writable(&c.logging);
+            for p in &problems {
+                eprintln!("{}: not writable: {p}", path.display());
+            }
+            if problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
         }
         Err(e) => {
             eprintln!("{}: {e}", path.display());

@@ -15,6 +15,7 @@ mod proxy {
     pub mod forwarding;
     pub mod harness;
     pub mod limits;
+    pub mod losses;
     pub mod prometheus;
     pub mod recording;
     pub mod routing;

@@ -119,6 +119,7 @@ fn logging(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Logging {
         Some(_) => Duration::from_millis(s.uint("flush_interval_ms", 200, 1, 3_600_000, errors)),
     };
     let queue_size = s.uint("queue_size", 65536, 16, 16 << 20, errors) as usize;
+    let max_backlog = s.uint("max_backlog", 262_144, 0, 64 << 20, errors) as usize;
     let capture = capture(s.table("capture", errors), errors);
     s.finish(errors);
     Logging {
@@ -129,6 +130,7 @@ fn logging(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Logging {
         batch_size,
         flush_interval,
         queue_size,
+        max_backlog,
         capture,
     }
 }

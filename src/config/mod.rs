@@ -42,6 +42,9 @@ pub struct Logging {
     /// Capacity of the channel from the workers (records beyond it are dropped and
     /// counted, never waited for). Takes effect at start only.
     pub queue_size: usize,
+    /// Records a failing sink keeps waiting to be written (each sink on its own); past it
+    /// the oldest are lost, and counted.
+    pub max_backlog: usize,
     pub capture: Capture,
 }
 

@@ -246,6 +246,7 @@ fn admin_denied(state: &State, req: &Request, peer: SocketAddr) -> Option<Answer
 
 #[derive(Serialize)]
 struct Health<'a> {
+    /// `ok`, or `degraded` while a traffic record sink fails.
     status: &'static str,
     version: &'static str,
     uptime_seconds: u64,
@@ -255,6 +256,20 @@ struct Health<'a> {
     applied_generation: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_reload: Option<LastReload<'a>>,
+    recording: Recording,
+}
+
+/// The traffic record sinks: each one's error while it fails (`null` while it works), and
+/// the records waiting for it.
+#[derive(Serialize)]
+struct Recording {
+    file: Option<String>,
+    database: Option<String>,
+    backlog_file: u64,
+    backlog_database: u64,
+    dropped: u64,
+    lost_file: u64,
+    lost_database: u64,
 }
 
 #[derive(Serialize)]
@@ -267,8 +282,17 @@ struct LastReload<'a> {
 }
 
 fn health(s: &State) -> Health<'_> {
+    let logging = s.fleet.logging_stats();
+    let sinks = logging.health();
+    let degraded = sinks.file.is_some() || sinks.database.is_some();
+    let dropped = s
+        .fleet
+        .stats()
+        .iter()
+        .map(|w| w.records_dropped.get())
+        .sum();
     Health {
-        status: "ok",
+        status: if degraded { "degraded" } else { "ok" },
         version: env!("CARGO_PKG_VERSION"),
         uptime_seconds: s.started.elapsed().as_secs(),
         workers: s.fleet.drivers().len(),
@@ -282,6 +306,15 @@ fn health(s: &State) -> Health<'_> {
             errors: &r.errors,
             restart_required: &r.restart_required,
         }),
+        recording: Recording {
+            file: sinks.file,
+            database: sinks.database,
+            backlog_file: logging.backlog_file.get(),
+            backlog_database: logging.backlog_database.get(),
+            dropped,
+            lost_file: logging.lost_file.get(),
+            lost_database: logging.lost_database.get(),
+        },
     }
 }
 

@@ -71,6 +71,11 @@ impl Fleet {
         self.logging.stats()
     }
 
+    /// Have the logging thread reopen its files (SIGUSR1).
+    pub fn reopen_logs(&self) {
+        self.logging.reopen();
+    }
+
     pub fn watch_logging(&self) {
         self.logging.watch();
     }

@@ -432,6 +432,24 @@ const GAUGES: &[Family] = &[
         },
     ),
     (
+        "dispa_traffic_sink_up",
+        "1 while the traffic record sink writes, 0 while it fails (see /health for why).",
+        &["sink"],
+        |s| {
+            let h = s.fleet.logging_stats().health();
+            by_sink(u64::from(h.file.is_none()), u64::from(h.database.is_none()))
+        },
+    ),
+    (
+        "dispa_traffic_records_backlog",
+        "Traffic records waiting for a failing sink, by sink.",
+        &["sink"],
+        |s| {
+            let l = s.fleet.logging_stats();
+            by_sink(l.backlog_file.get(), l.backlog_database.get())
+        },
+    ),
+    (
         "dispa_active_connections",
         "Open client connections.",
         &[],

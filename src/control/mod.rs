@@ -343,6 +343,9 @@ async fn run(
         if signals::take_reload() {
             state.borrow_mut().reload("SIGHUP");
         }
+        if signals::take_reopen() {
+            state.borrow().fleet.reopen_logs();
+        }
         if last_file_check.elapsed() >= FILE_POLL {
             last_file_check = Instant::now();
             let mut s = state.borrow_mut();

@@ -4,6 +4,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -13,6 +14,13 @@ use super::record::json_line;
 use crate::clock::{compact_utc, secs_of as unix_secs};
 use crate::config::{FileSink as Settings, Rotation};
 use crate::msg::TrafficRecord;
+
+use super::SinkError;
+
+/// Whether `c.path` still names the file `c` has open.
+fn still_at_path(c: &Current) -> bool {
+    fs::metadata(&c.path).is_ok_and(|m| (m.dev(), m.ino()) == c.id)
+}
 
 /// Names of Dispa's files: `dispa-traffic-<UTC time>-<seq>.jsonl.gz`.
 const PREFIX: &str = "dispa-traffic-";
@@ -25,6 +33,9 @@ pub fn is_ours(name: &str) -> bool {
 struct Current {
     path: PathBuf,
     file: File,
+    /// Device and inode of the file opened: when `path` no longer names it (deleted,
+    /// moved), the next batch goes to a new file instead of a file nobody can see.
+    id: (u64, u64),
     /// Compressed bytes written to it.
     written: u64,
     /// The hour or day (since the epoch) it belongs to.
@@ -87,6 +98,12 @@ impl FileSink {
         }
     }
 
+    /// Close the current file: the next batch opens a new one (SIGUSR1, as nginx does
+    /// for its logs).
+    pub fn reopen(&mut self) {
+        self.current = None;
+    }
+
     /// Close the current file (the next batch opens one with the new settings).
     pub fn reconfigure(&mut self, settings: Settings) {
         if settings != self.settings {
@@ -95,8 +112,9 @@ impl FileSink {
         }
     }
 
-    fn open(&mut self, now: u64) -> io::Result<Current> {
-        fs::create_dir_all(&self.settings.directory)?;
+    fn open(&mut self, now: u64) -> Result<Current, SinkError> {
+        let dir = &self.settings.directory;
+        fs::create_dir_all(dir).map_err(|e| SinkError::new("create directory", dir, e))?;
         loop {
             self.seq = self.seq.wrapping_add(1);
             let name = format!(
@@ -108,21 +126,26 @@ impl FileSink {
             // create_new: never append to (or clobber) a file that is not this run's.
             match OpenOptions::new().append(true).create_new(true).open(&path) {
                 Ok(file) => {
+                    let meta = file
+                        .metadata()
+                        .map_err(|e| SinkError::new("stat", &path, e))?;
                     return Ok(Current {
                         path,
                         file,
+                        id: (meta.dev(), meta.ino()),
                         written: 0,
                         period: period(self.settings.rotation, now),
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(SinkError::new("create", &path, e)),
             }
         }
     }
 
-    /// Write `records` as one gzip member, rotating first when due.
-    pub fn write(&mut self, records: &[TrafficRecord], now: SystemTime) -> io::Result<()> {
+    /// Write `records` as one gzip member, rotating first when due, and to a new file
+    /// when the current one was deleted or moved away.
+    pub fn write(&mut self, records: &[TrafficRecord], now: SystemTime) -> Result<(), SinkError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -131,6 +154,12 @@ impl FileSink {
             c.written >= self.settings.max_file_size
                 || c.period != period(self.settings.rotation, now)
         });
+        if let Some(c) = self.current.as_ref().filter(|_| !due)
+            && !still_at_path(c)
+        {
+            tracing::warn!(path = %c.path.display(), "traffic file deleted or moved: writing to a new one");
+            self.current = None;
+        }
         if due || self.current.is_none() {
             self.current = Some(self.open(now)?);
         }
@@ -139,30 +168,38 @@ impl FileSink {
             json_line(&mut self.lines, r);
         }
         self.packed.clear();
-        gzip_member(&mut self.deflate, &self.lines, &mut self.packed)?;
         let Some(c) = self.current.as_mut() else {
             return Ok(());
         };
+        gzip_member(&mut self.deflate, &self.lines, &mut self.packed)
+            .map_err(|e| SinkError::new("compress for", &c.path, e))?;
         // One write per batch: a kill between batches leaves only complete members.
         if let Err(e) = c.file.write_all(&self.packed) {
             // A partial member (disk full) is cut off again, so the file stays valid and
             // the next batch continues it; only a file that cannot be fixed is dropped.
+            let error = SinkError::new("write", &c.path, e);
             if c.file.set_len(c.written).is_err() {
                 self.current = None;
             }
-            return Err(e);
+            return Err(error);
         }
         c.written += self.packed.len() as u64;
         Ok(())
     }
 
     /// Delete Dispa's files older than `retention_days`, then the oldest while all of
-    /// them exceed `max_total_size`. Never touches other files, nor the open one.
-    pub fn retain(&self, now: SystemTime) -> io::Result<usize> {
+    /// them exceed `max_total_size`. Never touches other files, nor the open one. A
+    /// directory that does not exist (yet) has nothing to delete.
+    pub fn retain(&self, now: SystemTime) -> Result<usize, SinkError> {
         let dir = &self.settings.directory;
         let mut ours: Vec<(SystemTime, u64, PathBuf)> = Vec::new();
-        for entry in fs::read_dir(dir)? {
-            let entry = entry?;
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(SinkError::new("retention: list", dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| SinkError::new("retention: list", dir, e))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             // A file may vanish between listing and looking at it.

@@ -78,23 +78,115 @@ impl Logger {
     }
 }
 
-/// Rate-limits one sink's error lines and paces its retries.
-#[derive(Default)]
-struct Failing {
+/// Why a sink failed: the operation and the file it was done on, and the cause.
+#[derive(Debug)]
+pub struct SinkError {
+    pub op: &'static str,
+    pub path: std::path::PathBuf,
+    pub cause: String,
+}
+
+impl SinkError {
+    pub fn new(op: &'static str, path: &std::path::Path, cause: impl std::fmt::Display) -> Self {
+        SinkError {
+            op,
+            path: path.to_path_buf(),
+            cause: cause.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for SinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.op, self.path.display(), self.cause)
+    }
+}
+
+/// One sink's batches not written yet (waiting while it fails), its failure pacing and
+/// its counters. Batches are shared between the sinks (`Arc`): a batch both sinks still
+/// need is held once.
+struct Backlog {
+    name: &'static str,
+    batches: std::collections::VecDeque<Arc<Vec<TrafficRecord>>>,
+    records: usize,
     last_logged: Option<Instant>,
     suppressed: u64,
+    /// While failing: when to try again.
     retry_at: Option<Instant>,
 }
 
-impl Failing {
-    fn note(&mut self, sink: &str, error: &dyn std::fmt::Display, now: Instant) {
+impl Backlog {
+    fn new(name: &'static str) -> Self {
+        Backlog {
+            name,
+            batches: Default::default(),
+            records: 0,
+            last_logged: None,
+            suppressed: 0,
+            retry_at: None,
+        }
+    }
+
+    fn push(&mut self, batch: Arc<Vec<TrafficRecord>>) {
+        self.records += batch.len();
+        self.batches.push_back(batch);
+    }
+
+    /// Write waiting batches oldest first with `write` (unless resting after a failure;
+    /// `now == None`: a last try, rest or not), then keep at most `max` records waiting.
+    fn write(
+        &mut self,
+        c: &SinkCounters<'_>,
+        max: usize,
+        now: Option<Instant>,
+        mut write: impl FnMut(&[TrafficRecord]) -> Result<(), SinkError>,
+    ) {
+        let resting = now.is_some_and(|now| self.retry_at.is_some_and(|t| now < t));
+        while !resting && let Some(batch) = self.batches.front() {
+            match write(batch) {
+                Ok(()) => {
+                    c.written.add(batch.len() as u64);
+                    self.records -= batch.len();
+                    self.batches.pop_front();
+                    if self.retry_at.take().is_some() {
+                        tracing::info!(sink = self.name, "traffic record sink recovered");
+                        c.set_failing(None);
+                    }
+                }
+                Err(e) => {
+                    c.errors.inc();
+                    self.note(c, &e, now.unwrap_or_else(Instant::now));
+                    break;
+                }
+            }
+        }
+        while self.records > max
+            && let Some(oldest) = self.batches.pop_front()
+        {
+            self.records -= oldest.len();
+            c.lost.add(oldest.len() as u64);
+        }
+        c.backlog.set(self.records as u64);
+    }
+
+    /// Count what is still waiting as lost (at a stop, after the last try).
+    fn give_up(&mut self, c: &SinkCounters<'_>) {
+        c.lost.add(self.records as u64);
+        self.batches.clear();
+        self.records = 0;
+        c.backlog.set(0);
+    }
+
+    /// Rate-limited error line, the next try in [`RETRY_AFTER`], the error for /health.
+    fn note(&mut self, c: &SinkCounters<'_>, error: &SinkError, now: Instant) {
         self.retry_at = Some(now + RETRY_AFTER);
+        c.set_failing(Some(error.to_string()));
         if self
             .last_logged
             .is_none_or(|t| now.duration_since(t) >= ERROR_LOG_EVERY)
         {
             tracing::error!(
-                sink,
+                sink = self.name,
                 suppressed = self.suppressed,
                 "traffic record sink failed: {error}"
             );
@@ -104,50 +196,47 @@ impl Failing {
             self.suppressed += 1;
         }
     }
-
-    fn resting(&self, now: Instant) -> bool {
-        self.retry_at.is_some_and(|t| now < t)
-    }
-
-    fn recovered(&mut self, sink: &str) {
-        if self.retry_at.take().is_some() {
-            tracing::info!(sink, "traffic record sink recovered");
-        }
-    }
 }
 
-/// One sink's counters, for [`SinkCounters::write`].
+/// One sink's counters in [`LoggingStats`].
 struct SinkCounters<'a> {
-    name: &'static str,
+    stats: &'a LoggingStats,
     written: &'a Counter,
     lost: &'a Counter,
     errors: &'a Counter,
+    backlog: &'a Counter,
+    database: bool,
 }
 
-impl SinkCounters<'_> {
-    /// Write `n` records with `write` unless the sink is resting after a failure; count
-    /// the outcome either way.
-    fn write(
-        &self,
-        failing: &mut Failing,
-        n: u64,
-        now: Instant,
-        write: impl FnOnce() -> Result<(), String>,
-    ) {
-        if failing.resting(now) {
-            self.lost.add(n);
-            return;
+impl<'a> SinkCounters<'a> {
+    fn file(stats: &'a LoggingStats) -> Self {
+        SinkCounters {
+            stats,
+            written: &stats.written_file,
+            lost: &stats.lost_file,
+            errors: &stats.errors_file,
+            backlog: &stats.backlog_file,
+            database: false,
         }
-        match write() {
-            Ok(()) => {
-                self.written.add(n);
-                failing.recovered(self.name);
-            }
-            Err(e) => {
-                self.errors.inc();
-                self.lost.add(n);
-                failing.note(self.name, &e, now);
-            }
+    }
+
+    fn database(stats: &'a LoggingStats) -> Self {
+        SinkCounters {
+            stats,
+            written: &stats.written_database,
+            lost: &stats.lost_database,
+            errors: &stats.errors_database,
+            backlog: &stats.backlog_database,
+            database: true,
+        }
+    }
+
+    fn set_failing(&self, error: Option<String>) {
+        let mut health = self.stats.failing.lock().unwrap_or_else(|e| e.into_inner());
+        if self.database {
+            health.database = error;
+        } else {
+            health.file = error;
         }
     }
 }
@@ -157,8 +246,8 @@ struct Writer {
     file: file::FileSink,
     db: sqlite::SqliteSink,
     stats: Arc<LoggingStats>,
-    file_failing: Failing,
-    db_failing: Failing,
+    file_backlog: Backlog,
+    db_backlog: Backlog,
     batch: Vec<TrafficRecord>,
     /// The batch being written may pause for the workers (see `SqliteSink::write`).
     yield_cpu: bool,
@@ -179,8 +268,8 @@ impl Writer {
             stats,
             yield_cpu: true,
             class,
-            file_failing: Failing::default(),
-            db_failing: Failing::default(),
+            file_backlog: Backlog::new("file"),
+            db_backlog: Backlog::new("database"),
         }
     }
 
@@ -198,8 +287,13 @@ impl Writer {
                     LoggingMsg::Settings(settings) => {
                         self.drain(&records_rx);
                         self.flush();
-                        self.apply(settings);
+                        self.apply(*settings);
                         deadline = Instant::now() + self.settings.flush_interval;
+                    }
+                    LoggingMsg::Reopen => {
+                        self.file.reopen();
+                        self.db.reset();
+                        tracing::info!("traffic files reopened");
                     }
                     LoggingMsg::Finish => finish = true,
                 }
@@ -225,7 +319,7 @@ impl Writer {
                     };
             }
         }
-        self.flush();
+        self.write(None);
     }
 
     /// Move every queued record into the batch, writing full batches; returns whether
@@ -252,54 +346,50 @@ impl Writer {
     fn apply(&mut self, settings: Logging) {
         self.file.reconfigure(settings.file.clone());
         self.db.reconfigure(settings.database.clone());
-        self.file_failing.retry_at = None;
-        self.db_failing.retry_at = None;
+        self.file_backlog.retry_at = None;
+        self.db_backlog.retry_at = None;
         self.settings = settings;
     }
 
-    /// Write the batch to every configured sink.
+    /// Hand the batch to every configured sink and write what each has waiting.
     fn flush(&mut self) {
-        if self.batch.is_empty() {
-            return;
-        }
-        let now = Instant::now();
-        let n = self.batch.len() as u64;
+        self.write(Some(Instant::now()));
+    }
+
+    /// `now == None`: the last write before the thread ends (sinks resting after a
+    /// failure are tried once more; what they still cannot take is lost, and counted).
+    fn write(&mut self, now: Option<Instant>) {
         let sinks = self.settings.sinks;
+        if !self.batch.is_empty() {
+            let capacity = self.settings.batch_size.min(4096);
+            let batch = Arc::new(std::mem::replace(
+                &mut self.batch,
+                Vec::with_capacity(capacity),
+            ));
+            if sinks.file() {
+                self.file_backlog.push(batch.clone());
+            }
+            if sinks.database() {
+                self.db_backlog.push(batch);
+            }
+            self.stats.batches.inc();
+        }
+        let max = self.settings.max_backlog;
         let stats = &*self.stats;
-        if sinks.file() {
-            let (file, batch) = (&mut self.file, &self.batch);
-            let sink = SinkCounters {
-                name: "file",
-                written: &stats.written_file,
-                lost: &stats.lost_file,
-                errors: &stats.errors_file,
-            };
-            sink.write(&mut self.file_failing, n, now, || {
-                file.write(batch, SystemTime::now())
-                    .map_err(|e| e.to_string())
+        let file = &mut self.file;
+        self.file_backlog
+            .write(&SinkCounters::file(stats), max, now, |records| {
+                file.write(records, SystemTime::now())
             });
-        }
-        if sinks.database() {
-            let (db, batch) = (&mut self.db, &self.batch);
-            let sink = SinkCounters {
-                name: "database",
-                written: &stats.written_database,
-                lost: &stats.lost_database,
-                errors: &stats.errors_database,
-            };
-            let yield_cpu = self.yield_cpu;
-            sink.write(&mut self.db_failing, n, now, || {
-                match db.write(batch, yield_cpu) {
-                    Ok(()) => Ok(()),
-                    Err(e) => {
-                        db.reset();
-                        Err(e.to_string())
-                    }
-                }
+        let (db, yield_cpu) = (&mut self.db, self.yield_cpu);
+        self.db_backlog
+            .write(&SinkCounters::database(stats), max, now, |records| {
+                db.write(records, yield_cpu).inspect_err(|_| db.reset())
             });
+        if now.is_none() {
+            self.file_backlog.give_up(&SinkCounters::file(stats));
+            self.db_backlog.give_up(&SinkCounters::database(stats));
         }
-        self.stats.batches.inc();
-        self.batch.clear();
     }
 
     /// Apply retention to both sinks; returns whether old rows are still left.
@@ -310,22 +400,77 @@ impl Writer {
         let now = SystemTime::now();
         if self.settings.sinks.file()
             && let Err(e) = self.file.retain(now)
-            && e.kind() != std::io::ErrorKind::NotFound
         {
-            tracing::warn!("traffic file retention: {e}");
+            tracing::warn!("traffic file {e}");
         }
-        if !self.settings.sinks.database() || self.db_failing.resting(Instant::now()) {
+        let db_resting = self.db_backlog.retry_at.is_some_and(|t| Instant::now() < t);
+        if !self.settings.sinks.database() || db_resting {
             return false;
         }
         match self.db.retain(now) {
             Ok(behind) => behind,
             Err(e) => {
                 self.db.reset();
-                tracing::warn!("traffic database retention: {e}");
+                tracing::warn!("traffic database {e}");
                 false
             }
         }
     }
+}
+
+/// What would keep the configured sinks from writing, found without writing a record:
+/// for `dispa check`. Each problem names the path.
+pub fn check_writable(settings: &Logging) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !settings.enabled {
+        return problems;
+    }
+    if settings.sinks.file() {
+        let dir = &settings.file.directory;
+        if let Err(e) = writable_dir(dir) {
+            problems.push(format!("logging.file.directory {}: {e}", dir.display()));
+        }
+    }
+    if settings.sinks.database() {
+        let path = &settings.database.path;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = dir.unwrap_or(std::path::Path::new("."));
+        let result = writable_dir(dir).and_then(|()| match path.exists() {
+            true => std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map(drop),
+            false => Ok(()),
+        });
+        if let Err(e) = result {
+            problems.push(format!("logging.database.path {}: {e}", path.display()));
+        }
+    }
+    problems
+}
+
+/// `dir` is a directory Dispa can create files in, or could be created: its nearest
+/// existing ancestor is a directory that takes a new file (probed with one, removed again).
+fn writable_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut existing = dir;
+    while !existing.exists() {
+        match existing.parent() {
+            Some(p) if !p.as_os_str().is_empty() => existing = p,
+            _ => {
+                existing = std::path::Path::new(".");
+                break;
+            }
+        }
+    }
+    if !existing.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory",
+            existing.display()
+        )));
+    }
+    let probe = existing.join(format!(".dispa-check-{}", std::process::id()));
+    std::fs::File::create(&probe)?;
+    std::fs::remove_file(&probe)
 }
 
 #[cfg(test)]

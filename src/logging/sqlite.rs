@@ -3,10 +3,12 @@
 //! so the writer is never held up for long. Schema: docs/DATABASE.md.
 
 use std::path::Path;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, ToSql, params};
 
+use super::SinkError;
 use super::record::{push_header_pairs, push_ip, push_socket_addr, version_text};
 use crate::config::DatabaseSink as Settings;
 use crate::msg::{ErrorKind, RecordText, TrafficRecord};
@@ -96,6 +98,34 @@ fn ascii(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).unwrap_or_default()
 }
 
+/// `path` with `suffix` appended (`traffic.db-wal`).
+fn sidecar(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    s.into()
+}
+
+/// Where the file with device and inode `id`, open in this process, is now (`None`: it
+/// was deleted, or is not open).
+fn open_path_of(id: (u64, u64)) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    for fd in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
+        let link = fd.path();
+        if std::fs::metadata(&link).is_ok_and(|m| (m.dev(), m.ino()) == id) {
+            let target = std::fs::read_link(&link).ok()?;
+            let deleted = target.to_string_lossy().ends_with(" (deleted)");
+            return (!deleted).then_some(target);
+        }
+    }
+    None
+}
+
+/// Device and inode of the file at `path`, if there is one.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
 /// Rows inserted between two offers of the CPU to other threads (see [`SqliteSink::write`]).
 const YIELD_EVERY: usize = 64;
 
@@ -141,9 +171,9 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 pub struct SqliteSink {
     settings: Settings,
     conn: Option<Connection>,
-    /// The SQL of an insert of [`ROWS_PER_INSERT`] rows and of one row.
-    insert_many: String,
-    insert_one: String,
+    /// Device and inode of the database file opened: when the path no longer names it
+    /// (deleted, moved), the next batch opens (and creates) the file at the path again.
+    id: (u64, u64),
 }
 
 /// Reused buffers for the text a row's columns are formatted into.
@@ -213,8 +243,7 @@ impl SqliteSink {
         SqliteSink {
             settings,
             conn: None,
-            insert_many: insert_sql(ROWS_PER_INSERT),
-            insert_one: insert_sql(1),
+            id: (0, 0),
         }
     }
 
@@ -225,33 +254,80 @@ impl SqliteSink {
         self.settings = settings;
     }
 
-    /// Forget the connection after an error; the next batch opens it again.
+    /// Close the connection (after an error, or SIGUSR1); the next batch opens it again.
     pub fn reset(&mut self) {
-        self.conn = None;
-    }
-
-    fn conn(&mut self) -> rusqlite::Result<&mut Connection> {
-        Self::connect(&mut self.conn, &self.settings)
-    }
-
-    fn connect<'c>(
-        conn: &'c mut Option<Connection>,
-        settings: &Settings,
-    ) -> rusqlite::Result<&'c mut Connection> {
-        if conn.is_none() {
-            *conn = Some(open(&settings.path)?);
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        let path = &self.settings.path;
+        if file_id(path) == Some(self.id) {
+            return; // closing checkpoints the WAL into the file, as usual
         }
-        Ok(conn.as_mut().expect("opened above"))
+        // SQLite neither writes to nor checkpoints a database file that was moved or
+        // deleted while open: the rows of the last batches stay in `<path>-wal`, which a
+        // new file at `path` would take for its own. Give the WAL to the file it belongs to.
+        let now_at = open_path_of(self.id);
+        drop(conn);
+        let (wal, shm) = (sidecar(path, "-wal"), sidecar(path, "-shm"));
+        match now_at {
+            Some(moved) => {
+                tracing::warn!(from = %path.display(), to = %moved.display(), "traffic database moved: its last rows follow it, a new one starts");
+                let settled = std::fs::rename(&wal, sidecar(&moved, "-wal"))
+                    .and_then(|()| std::fs::remove_file(&shm).or(Ok(())))
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| {
+                        let c = Connection::open(&moved).map_err(|e| e.to_string())?;
+                        c.pragma_update(None, "wal_checkpoint", "TRUNCATE")
+                            .map_err(|e| e.to_string())
+                    });
+                if let Err(e) = settled {
+                    tracing::error!(path = %moved.display(), "moving the last rows of the traffic database: {e}");
+                }
+            }
+            None => {
+                // Deleted: its rows went with it, and its WAL must not become the new file's.
+                tracing::warn!(path = %path.display(), "traffic database deleted: creating it again");
+                let _ = std::fs::remove_file(&wal);
+                let _ = std::fs::remove_file(&shm);
+            }
+        }
+    }
+
+    /// The open connection, opened (and the file created) when there is none or when the
+    /// path no longer names the file it has open.
+    fn conn(&mut self) -> Result<&mut Connection, SinkError> {
+        if self.conn.is_some() && file_id(&self.settings.path) != Some(self.id) {
+            self.reset();
+        }
+        let path = &self.settings.path;
+        if self.conn.is_none() {
+            let conn = open(path).map_err(|e| SinkError::new("open", path, e))?;
+            self.id = file_id(path).unwrap_or_default();
+            self.conn = Some(conn);
+        }
+        Ok(self.conn.as_mut().expect("opened above"))
     }
 
     /// Insert `records` in one transaction; `yield_cpu`: offer the CPU to other threads
     /// every [`YIELD_EVERY`] rows (off when the logging thread is behind).
-    pub fn write(&mut self, records: &[TrafficRecord], yield_cpu: bool) -> rusqlite::Result<()> {
+    pub fn write(&mut self, records: &[TrafficRecord], yield_cpu: bool) -> Result<(), SinkError> {
         if records.is_empty() {
             return Ok(());
         }
-        let (many, one) = (&self.insert_many, &self.insert_one);
-        let conn = Self::connect(&mut self.conn, &self.settings)?;
+        let path = self.settings.path.clone();
+        let conn = self.conn()?;
+        Self::insert(conn, records, yield_cpu).map_err(|e| SinkError::new("insert into", &path, e))
+    }
+
+    fn insert(
+        conn: &mut Connection,
+        records: &[TrafficRecord],
+        yield_cpu: bool,
+    ) -> rusqlite::Result<()> {
+        static MANY: OnceLock<String> = OnceLock::new();
+        static ONE: OnceLock<String> = OnceLock::new();
+        let many = MANY.get_or_init(|| insert_sql(ROWS_PER_INSERT));
+        let one = ONE.get_or_init(|| insert_sql(1));
         let tx = conn.transaction()?;
         {
             let mut insert_many = tx.prepare_cached(many)?;
@@ -281,7 +357,7 @@ impl SqliteSink {
 
     /// Delete rows older than `retention_days`, a chunk at a time; returns whether a
     /// full pass was not enough (call again soon).
-    pub fn retain(&mut self, now: SystemTime) -> rusqlite::Result<bool> {
+    pub fn retain(&mut self, now: SystemTime) -> Result<bool, SinkError> {
         if self.settings.retention_days == 0 {
             return Ok(false);
         }
@@ -289,13 +365,16 @@ impl SqliteSink {
         let cutoff = now
             .checked_sub(max_age)
             .map_or(0, |t| crate::clock::ms_of(t) as i64);
+        let path = self.settings.path.clone();
         let conn = self.conn()?;
         for _ in 0..RETENTION_CHUNKS_PER_PASS {
-            let n = conn.execute(
-                "DELETE FROM requests WHERE rowid IN \
-                 (SELECT rowid FROM requests WHERE ts_ms < ?1 ORDER BY ts_ms LIMIT ?2)",
-                params![cutoff, RETENTION_CHUNK as i64],
-            )?;
+            let n = conn
+                .execute(
+                    "DELETE FROM requests WHERE rowid IN \
+                     (SELECT rowid FROM requests WHERE ts_ms < ?1 ORDER BY ts_ms LIMIT ?2)",
+                    params![cutoff, RETENTION_CHUNK as i64],
+                )
+                .map_err(|e| SinkError::new("retention: delete from", &path, e))?;
             if n < RETENTION_CHUNK {
                 return Ok(false);
             }

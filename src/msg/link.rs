@@ -20,7 +20,10 @@ pub struct WorkerLink {
 #[derive(Debug)]
 pub enum LoggingMsg {
     /// New settings: write what is batched with the old ones first.
-    Settings(Logging),
+    Settings(Box<Logging>),
+    /// Close the current file and database connection; the next batch opens them again
+    /// (SIGUSR1: after an operator moved the files away, as for nginx's logs).
+    Reopen,
     /// The workers have exited: write everything queued, then end.
     Finish,
 }
@@ -62,10 +65,17 @@ impl LoggingLink {
     pub fn reconfigure(&self, settings: Logging) {
         if self
             .control_tx
-            .try_send(LoggingMsg::Settings(settings))
+            .try_send(LoggingMsg::Settings(Box::new(settings)))
             .is_err()
         {
             tracing::warn!("logging thread busy: new recording settings not applied; reload again");
+        }
+    }
+
+    /// Reopen the files (see [`LoggingMsg::Reopen`]). Never waits.
+    pub fn reopen(&self) {
+        if self.control_tx.try_send(LoggingMsg::Reopen).is_err() {
+            tracing::warn!("logging thread busy: files not reopened; send SIGUSR1 again");
         }
     }
 

@@ -15,7 +15,9 @@ mod stats;
 pub use link::{LoggingLink, LoggingMsg, WorkerLink};
 pub use queue::{RecordSender, record_queue};
 pub use record::{Captured, ErrorKind, RecordText, TrafficRecord};
-pub use stats::{Counter, Histogram, LATENCY_BUCKETS, LoggingStats, StatsReport, WorkerStats};
+pub use stats::{
+    Counter, Histogram, LATENCY_BUCKETS, LoggingStats, SinkHealth, StatsReport, WorkerStats,
+};
 
 use std::sync::Arc;
 use std::time::Duration;

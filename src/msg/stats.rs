@@ -79,12 +79,36 @@ pub struct WorkerStats {
 pub struct LoggingStats {
     pub written_file: Counter,
     pub written_database: Counter,
-    /// Records a failing sink could not take.
+    /// Records a failing sink could not keep (past `logging.max_backlog`, or still
+    /// waiting when Dispa stopped).
     pub lost_file: Counter,
     pub lost_database: Counter,
     pub errors_file: Counter,
     pub errors_database: Counter,
     pub batches: Counter,
+    /// Records waiting for a failing sink to work again (gauges).
+    pub backlog_file: Counter,
+    pub backlog_database: Counter,
+    /// Why each sink is failing (its last error, naming the operation and the path), or
+    /// `None` while it works. Written by the logging thread, read by the status API.
+    pub failing: std::sync::Mutex<SinkHealth>,
+}
+
+/// What is wrong with each sink, if anything.
+#[derive(Debug, Default, Clone)]
+pub struct SinkHealth {
+    pub file: Option<String>,
+    pub database: Option<String>,
+}
+
+impl LoggingStats {
+    /// A copy of the sinks' health.
+    pub fn health(&self) -> SinkHealth {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 impl WorkerStats {

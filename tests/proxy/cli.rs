@@ -4,8 +4,6 @@ use std::process::Command;
 
 use super::harness::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_dispa");
-
 fn write_config(name: &str, text: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("dispa-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -27,6 +25,39 @@ fn check_accepts_the_shipped_config() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("target backend1"));
+}
+
+#[test]
+fn check_says_when_the_recording_paths_are_not_writable() {
+    let dir = scratch_dir("check-writable");
+    let blocker = dir.join("blocker");
+    std::fs::write(&blocker, "a file, not a directory").unwrap();
+    let logs = blocker.join("logs");
+    let db = blocker.join("data/traffic.db");
+    let path = write_config(
+        "unwritable.toml",
+        &format!(
+            "[domains]\nintercept_domains = [\"example.com\"]\n[[targets.targets]]\nname = \"a\"\nurl = \"http://127.0.0.1:9\"\n[logging]\ntype = \"both\"\n[logging.file]\ndirectory = \"{}\"\n[logging.database]\npath = \"{}\"\n",
+            logs.display(),
+            db.display()
+        ),
+    );
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("logging.file.directory {}", logs.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("logging.database.path {}", db.display())),
+        "{err}"
+    );
+    assert!(err.contains("is not a directory"), "{err}");
 }
 
 #[test]

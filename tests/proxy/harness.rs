@@ -654,3 +654,42 @@ pub fn spawn_dispa(argv: &[&str]) -> (Spawned, SocketAddr, Option<SocketAddr>) {
         .expect("dispa did not report its address");
     (child, listen, status)
 }
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_dispa");
+
+/// The binary, started with `toml`; returns it with the proxy and status addresses.
+pub fn spawn_binary(toml: &str) -> (Spawned, SocketAddr, SocketAddr, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "dispa-sig-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dispa.toml");
+    std::fs::write(&path, toml).unwrap();
+    let (child, listen, status) = spawn_dispa(&[BIN, "-c", path.to_str().unwrap()]);
+    (child, listen, status.expect("status API address"), path)
+}
+
+pub fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+pub fn signal(child: &Spawned, sig: i32) {
+    // SAFETY: kill(2) on a child process we started and have not reaped.
+    assert_eq!(unsafe { libc::kill(child.0.id() as i32, sig) }, 0);
+}
+
+pub fn wait_exit(child: &mut Spawned, limit: Duration) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}

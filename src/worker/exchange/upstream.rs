@@ -49,8 +49,10 @@ impl Drop for InflightGuard<'_> {
     }
 }
 
-/// Pick a target (excluding ones that already failed) and get a connection to it.
-pub async fn pick_and_connect(ex: &Exchange<'_>) -> Result<(usize, Upstream), Failure> {
+/// Pick a target (excluding ones that already failed) and get a connection to it. When
+/// none could be connected to, the outcome names the last target tried (the record then
+/// says which target and address refused).
+pub async fn pick_and_connect(ex: &mut Exchange<'_>) -> Result<(usize, Upstream), Failure> {
     let current = ex.current;
     let snap = &current.snapshot;
     let cfg = &snap.config;
@@ -73,7 +75,10 @@ pub async fn pick_and_connect(ex: &Exchange<'_>) -> Result<(usize, Upstream), Fa
         }
         match connect(ex.worker, &snap.targets[idx], cfg.timeouts.connect).await {
             Ok(stream) => return Ok((idx, Upstream::new(stream))),
-            Err(f) => last = f,
+            Err(f) => {
+                last = f;
+                ex.outcome.target = idx as u32;
+            }
         }
         tried.push(idx);
     }
