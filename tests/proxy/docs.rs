@@ -133,3 +133,50 @@ fn every_error_kind_is_documented_where_records_and_metrics_are() {
         );
     }
 }
+
+/// Every query in DATABASE.md's SQL blocks runs verbatim on a store Dispa wrote, and the
+/// status-mix query names classes (`2xx`), not bare digits.
+#[test]
+fn every_database_md_query_runs_on_a_real_store() {
+    use super::harness::*;
+    let doc = std::fs::read_to_string(root().join("docs/DATABASE.md")).unwrap();
+    let b = Backend::named("b");
+    let dir = scratch_dir("doc-queries");
+    let p = proxy(&config(&[b.addr], "round_robin", &logging_section(&dir)));
+    for path in ["/a", "/b?x=1", "/a"] {
+        assert_eq!(get(p.local_addr(), "example.com", path).status, 200);
+    }
+    assert_eq!(get(p.local_addr(), "nope.org", "/").status, 404);
+    drop(p);
+    let db = rusqlite::Connection::open(dir.join("traffic.db")).unwrap();
+    let mut blocks = doc.split("```sql\n").skip(1);
+    let mut ran = 0;
+    let mut classes = Vec::new();
+    for block in blocks.by_ref() {
+        let sql = block.split("```").next().unwrap();
+        if sql.contains("CREATE TABLE") {
+            // The schema as documented: valid SQL of its own.
+            let scratch = rusqlite::Connection::open_in_memory().unwrap();
+            scratch
+                .execute_batch(sql)
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            continue;
+        }
+        // SQLite's own statement splitter (comments may hold ';').
+        use rusqlite::fallible_iterator::FallibleIterator;
+        let mut batch = rusqlite::Batch::new(&db, sql);
+        while let Some(mut stmt) = batch.next().unwrap_or_else(|e| panic!("{sql}: {e}")) {
+            let columns: Vec<String> = stmt.column_names().map(str::to_string).collect();
+            let mut rows = stmt.query([]).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            while let Some(row) = rows.next().unwrap() {
+                if let Some(i) = columns.iter().position(|c| c == "class") {
+                    classes.push(row.get::<_, String>(i).unwrap());
+                }
+            }
+            ran += 1;
+        }
+    }
+    assert!(ran >= 6, "ran {ran} queries");
+    classes.sort();
+    assert_eq!(classes, ["2xx", "4xx"]);
+}
