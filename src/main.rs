@@ -78,6 +78,9 @@ enum TrafficCommand {
         /// How many.
         #[arg(short = 'n', long, default_value_t = 20)]
         lines: usize,
+        /// Then keep printing new requests as they are recorded (until interrupted).
+        #[arg(short = 'f', long)]
+        follow: bool,
     },
     /// Requests, error rate and p50/p99 latency per target (or per domain).
     Summary {
@@ -306,6 +309,26 @@ fn run_traffic(
             }
         },
     };
+    if let TrafficCommand::Tail {
+        lines,
+        follow: true,
+    } = what
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        let emit = |line: &str| {
+            writeln!(stdout, "{line}")
+                .and_then(|()| stdout.flush())
+                .is_ok()
+        };
+        return match traffic::follow(&path, filter, lines, emit) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                ExitCode::from(1)
+            }
+        };
+    }
     let conn = match traffic::open(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -314,7 +337,7 @@ fn run_traffic(
         }
     };
     let out = match what {
-        TrafficCommand::Tail { lines } => traffic::tail(&conn, filter, lines),
+        TrafficCommand::Tail { lines, .. } => traffic::tail(&conn, filter, lines),
         TrafficCommand::Summary { by_domain } => {
             let by = if by_domain {
                 traffic::By::Domain

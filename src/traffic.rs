@@ -51,52 +51,114 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     )
 }
 
-/// The latest `limit` requests matching `filter`, oldest first, one line each.
-pub fn tail(conn: &Connection, filter: &Filter, limit: usize) -> rusqlite::Result<String> {
+/// The columns one line of `tail` shows (after the rowid).
+const LINE_COLUMNS: &str =
+    "rowid, ts_ms, status, method, host, path, query, target, duration_us, id, error";
+
+/// A row of [`LINE_COLUMNS`] as its rowid and its line.
+fn line(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String)> {
+    let (path, query): (String, String) = (r.get(5)?, r.get(6)?);
+    let target: String = r.get(7)?;
+    let mut line = format!(
+        "{} {} {} {}{path}{}{query} -> {} {:.3}ms id={}",
+        rfc3339_ms(r.get::<_, i64>(1)? as u64),
+        r.get::<_, u16>(2)?,
+        r.get::<_, String>(3)?,
+        r.get::<_, String>(4)?,
+        if query.is_empty() { "" } else { "?" },
+        if target.is_empty() { "-" } else { &target },
+        r.get::<_, i64>(8)? as f64 / 1000.0,
+        r.get::<_, String>(9)?,
+    );
+    if let Some(e) = r.get::<_, Option<String>>(10)? {
+        let _ = write!(line, " error={e}");
+    }
+    Ok((r.get(0)?, line))
+}
+
+/// The latest `limit` requests matching `filter`, oldest first, with their rowids.
+fn latest(
+    conn: &Connection,
+    filter: &Filter,
+    limit: usize,
+) -> rusqlite::Result<Vec<(i64, String)>> {
     let (clause, mut args) = filter.clause();
     let sql = format!(
-        "SELECT ts_ms, status, method, host, path, query, target, duration_us, id, error FROM requests{clause} \
-         ORDER BY ts_ms DESC, rowid DESC LIMIT ?"
+        "SELECT {LINE_COLUMNS} FROM requests{clause} ORDER BY ts_ms DESC, rowid DESC LIMIT ?"
     );
     args.push(Value::Integer(limit as i64));
     let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(params_from_iter(args), |r| {
-        let query: String = r.get(5)?;
-        let path: String = r.get(4)?;
-        let target = if query.is_empty() {
-            path
-        } else {
-            format!("{path}?{query}")
-        };
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, u16>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-            target,
-            r.get::<_, String>(6)?,
-            r.get::<_, i64>(7)?,
-            r.get::<_, String>(8)?,
-            r.get::<_, Option<String>>(9)?,
-        ))
-    })?;
-    let mut lines: Vec<String> = Vec::new();
-    for row in rows {
-        let (ts, status, method, host, path, target, us, id, error) = row?;
-        let mut line = format!(
-            "{} {status} {method} {host}{path} -> {} {:.3}ms id={id}",
-            rfc3339_ms(ts as u64),
-            if target.is_empty() { "-" } else { &target },
-            us as f64 / 1000.0
-        );
-        if let Some(e) = error {
-            let _ = write!(line, " error={e}");
-        }
-        lines.push(line);
-    }
+    let mut lines = stmt
+        .query_map(params_from_iter(args), line)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     lines.reverse();
-    Ok(lines.join("\n"))
+    Ok(lines)
 }
+
+/// The latest `limit` requests matching `filter`, oldest first, one line each.
+pub fn tail(conn: &Connection, filter: &Filter, limit: usize) -> rusqlite::Result<String> {
+    let lines = latest(conn, filter, limit)?;
+    Ok(lines
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// `tail -f`: the latest `limit` requests, then every matching request as it is written
+/// (polled every [`FOLLOW_POLL`]), given to `emit` line by line while `emit` returns
+/// true. A database file replaced at `path` (deleted, rotated) is followed to the new one.
+pub fn follow(
+    path: &Path,
+    filter: &Filter,
+    limit: usize,
+    mut emit: impl FnMut(&str) -> bool,
+) -> rusqlite::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let file_id = || std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+    let mut conn = open(path)?;
+    let mut id = file_id();
+    let mut last = 0;
+    for (rowid, l) in latest(&conn, filter, limit)? {
+        last = rowid;
+        if !emit(&l) {
+            return Ok(());
+        }
+    }
+    // New requests: whatever `since` said, from now on everything that matches.
+    let filter = Filter {
+        since: None,
+        ..filter.clone()
+    };
+    let (clause, args) = filter.clause();
+    let sql = format!("SELECT {LINE_COLUMNS} FROM requests{clause} AND rowid > ? ORDER BY rowid");
+    loop {
+        std::thread::sleep(FOLLOW_POLL);
+        if file_id() != id {
+            // A new file at the path: every row in it is new.
+            let Ok(reopened) = open(path) else { continue };
+            (conn, id, last) = (reopened, file_id(), 0);
+        }
+        let mut stmt = match conn.prepare_cached(&sql) {
+            Ok(stmt) => stmt,
+            Err(_) => continue, // not created yet
+        };
+        let mut args = args.clone();
+        args.push(Value::Integer(last));
+        let rows = stmt
+            .query_map(params_from_iter(args), line)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (rowid, l) in rows {
+            last = rowid;
+            if !emit(&l) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// How often `tail -f` looks for new requests.
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
 
 /// Group for [`summary`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -232,3 +232,61 @@ fn json_log_format_writes_one_object_per_line() {
         assert!(line.contains(part), "{part} missing: {line}");
     }
 }
+
+#[test]
+fn traffic_tail_follow_prints_new_requests_as_they_are_recorded() {
+    use std::io::BufRead;
+    let b = Backend::named("b");
+    let dir = scratch_dir("tail-follow");
+    let p = proxy(&config(&[b.addr], "round_robin", &logging_section(&dir)));
+    let db = dir.join("traffic.db");
+    for i in 0..3 {
+        assert_eq!(
+            get(p.local_addr(), "example.com", &format!("/old{i}")).status,
+            200
+        );
+    }
+    assert!(eventually(std::time::Duration::from_secs(5), || {
+        Command::new(BIN)
+            .args(["traffic", "tail", "--db"])
+            .arg(&db)
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().count() == 3)
+    }));
+    let mut child = Command::new(BIN)
+        .args(["traffic", "tail", "-f", "-n", "2", "--db"])
+        .arg(&db)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _child = Spawned(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let next = || {
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("a line")
+    };
+    assert!(next().contains("example.com/old1"));
+    assert!(next().contains("example.com/old2"));
+    for i in 0..3 {
+        assert_eq!(
+            get(p.local_addr(), "example.com", &format!("/new{i}")).status,
+            200
+        );
+    }
+    for i in 0..3 {
+        let line = next();
+        assert!(
+            line.contains(&format!("example.com/new{i} -> b0")),
+            "{line}"
+        );
+    }
+}
