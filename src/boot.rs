@@ -14,7 +14,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::config::snapshot::Registry;
 use crate::config::{Config, Snapshot};
 use crate::control;
-use crate::logging::Logger;
+use crate::logging::{self, Logger, Shard};
 use crate::msg::{LoggingStats, WorkerLink, WorkerMsg, WorkerReady, WorkerStats};
 use crate::worker;
 
@@ -78,9 +78,9 @@ impl Running {
         &self.parts.snapshot
     }
 
-    /// The logging thread's counters.
+    /// The first logging thread's counters (the only one up to four workers).
     pub fn logging_stats(&self) -> &Arc<LoggingStats> {
-        self.parts.logging.stats()
+        self.parts.logging[0].stats()
     }
 
     /// Hand everything to the control thread (`control::start`), which then decides when
@@ -100,13 +100,15 @@ impl Running {
 /// without being asked (a test's `Running` going out of scope).
 struct Stopper {
     workers: Vec<(Sender<WorkerMsg>, JoinHandle<()>)>,
-    logger: Logger,
+    loggers: Vec<Logger>,
 }
 
 impl Stopper {
     fn stop(&mut self, drain: Duration) {
-        // Nobody watches the records queue while the workers drain.
-        self.logger.link().stay_normal();
+        // Nobody watches the records queues while the workers drain.
+        for logger in &self.loggers {
+            logger.link().stay_normal();
+        }
         for (inbox_tx, _) in &self.workers {
             let _ = inbox_tx.send(WorkerMsg::Shutdown { drain });
         }
@@ -114,7 +116,9 @@ impl Stopper {
             let _ = thread.join();
         }
         // The workers' record senders are gone: everything they sent gets written.
-        self.logger.finish();
+        for logger in &mut self.loggers {
+            logger.finish();
+        }
     }
 }
 
@@ -166,15 +170,30 @@ pub fn start(config: Config, workers: Option<usize>) -> Result<Running, Error> {
     }));
     let (ready_tx, ready_rx) = bounded(count);
     let (events_tx, events_rx) = bounded(EVENTS_CAPACITY);
-    let (records_tx, records_rx) = crate::msg::record_queue(snapshot.config.logging.queue_size);
     let hints = snapshot.config.server.scheduler_hints;
-    let logger =
-        Logger::start(snapshot.config.logging.clone(), records_rx, hints).map_err(Error::Thread)?;
-    let logging = logger.link().clone();
+    let logging_settings = &snapshot.config.logging;
+    let shards = match logging_settings.shards {
+        0 => logging::default_shards(count),
+        n => n,
+    }
+    .min(count);
     let mut stopper = Stopper {
         workers: Vec::with_capacity(count),
-        logger,
+        loggers: Vec::with_capacity(shards),
     };
+    let mut records_txs = Vec::with_capacity(shards);
+    for index in 0..shards {
+        let (records_tx, records_rx) = crate::msg::record_queue(logging_settings.queue_size);
+        let shard = Shard {
+            index,
+            count: shards,
+        };
+        let logger = Logger::start(logging_settings.clone(), records_rx, hints, shard)
+            .map_err(Error::Thread)?;
+        stopper.loggers.push(logger);
+        records_txs.push(records_tx);
+    }
+    let logging = stopper.loggers.iter().map(|l| l.link().clone()).collect();
     let mut links = Vec::with_capacity(count);
     for (id, listener) in listeners.into_iter().enumerate() {
         let (inbox_tx, inbox_rx) = bounded(64);
@@ -188,7 +207,8 @@ pub fn start(config: Config, workers: Option<usize>) -> Result<Running, Error> {
             inbox_rx,
             ready_tx: ready_tx.clone(),
             events_tx: events_tx.clone(),
-            records_tx: records_tx.clone(),
+            // Contiguous groups of workers share a logging thread.
+            records_tx: records_txs[id * shards / count].clone(),
             stats: stats.clone(),
         };
         let thread = std::thread::Builder::new()

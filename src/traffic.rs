@@ -8,6 +8,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, params_from_iter, types::Value};
 
 use crate::clock::rfc3339_ms;
+use crate::logging::shard_database_path;
 
 /// Which requests to show.
 #[derive(Debug, Default, Clone)]
@@ -44,11 +45,44 @@ impl Filter {
     }
 }
 
+/// Open the store at `path` read-only. With several logging shards, their files beside it
+/// (`traffic.s1.db`, ...) are attached and a TEMP VIEW `requests` joins them all, so every
+/// query sees every record.
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
-    Connection::open_with_flags(
+    let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
+    )?;
+    let schemas = attach_shards(&conn, path)?;
+    if schemas.len() > 1 {
+        let union = schemas
+            .iter()
+            // Each shard's rowid kept as a column, for ordering ties (views have none).
+            .map(|s| format!("SELECT rowid AS rowid, * FROM {s}.requests"))
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        conn.execute_batch(&format!("CREATE TEMP VIEW requests AS {union}"))?;
+    }
+    Ok(conn)
+}
+
+/// Attach the files of shards 1, 2, ... that exist beside `path`; returns the schema name
+/// of every shard, `main` first.
+fn attach_shards(conn: &Connection, path: &Path) -> rusqlite::Result<Vec<String>> {
+    let mut schemas = vec!["main".to_string()];
+    for index in 1..1024 {
+        let shard = shard_database_path(path, index);
+        if !shard.exists() {
+            break;
+        }
+        let schema = format!("s{index}");
+        conn.execute(
+            "ATTACH DATABASE ?1 AS ?2",
+            rusqlite::params![shard.to_string_lossy(), schema],
+        )?;
+        schemas.push(schema);
+    }
+    Ok(schemas)
 }
 
 /// The columns one line of `tail` shows (after the rowid).
@@ -107,7 +141,8 @@ pub fn tail(conn: &Connection, filter: &Filter, limit: usize) -> rusqlite::Resul
 
 /// `tail -f`: the latest `limit` requests, then every matching request as it is written
 /// (polled every [`FOLLOW_POLL`]), given to `emit` line by line while `emit` returns
-/// true. A database file replaced at `path` (deleted, rotated) is followed to the new one.
+/// true. Each shard's file is followed by its own rowids; a database file replaced at its
+/// path (deleted, rotated) is followed to the new one.
 pub fn follow(
     path: &Path,
     filter: &Filter,
@@ -118,43 +153,75 @@ pub fn follow(
     let file_id = || std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
     let mut conn = open(path)?;
     let mut id = file_id();
-    let mut last = 0;
-    for (rowid, l) in latest(&conn, filter, limit)? {
-        last = rowid;
+    for (_, l) in latest(&conn, filter, limit)? {
         if !emit(&l) {
             return Ok(());
         }
     }
-    // New requests: whatever `since` said, from now on everything that matches.
+    // From here on, whatever `since` said, everything new that matches, per shard.
     let filter = Filter {
         since: None,
         ..filter.clone()
     };
     let (clause, args) = filter.clause();
-    let sql = format!("SELECT {LINE_COLUMNS} FROM requests{clause} AND rowid > ? ORDER BY rowid");
+    let mut last = last_rowids(&conn)?;
     loop {
         std::thread::sleep(FOLLOW_POLL);
         if file_id() != id {
             // A new file at the path: every row in it is new.
             let Ok(reopened) = open(path) else { continue };
-            (conn, id, last) = (reopened, file_id(), 0);
+            (conn, id) = (reopened, file_id());
+            last = last_rowids(&conn)?
+                .into_iter()
+                .map(|(schema, _)| (schema, 0))
+                .collect();
         }
-        let mut stmt = match conn.prepare_cached(&sql) {
-            Ok(stmt) => stmt,
-            Err(_) => continue, // not created yet
-        };
-        let mut args = args.clone();
-        args.push(Value::Integer(last));
-        let rows = stmt
-            .query_map(params_from_iter(args), line)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        for (rowid, l) in rows {
-            last = rowid;
-            if !emit(&l) {
-                return Ok(());
+        for (schema, last) in &mut last {
+            let sql = format!(
+                "SELECT {LINE_COLUMNS} FROM {schema}.requests{clause} AND rowid > ? ORDER BY rowid"
+            );
+            let Ok(mut stmt) = conn.prepare_cached(&sql) else {
+                continue; // not created yet
+            };
+            let mut args = args.clone();
+            args.push(Value::Integer(*last));
+            let rows = stmt
+                .query_map(params_from_iter(args), line)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for (rowid, l) in rows {
+                *last = rowid;
+                if !emit(&l) {
+                    return Ok(());
+                }
             }
         }
     }
+}
+
+/// Each shard's schema name and its newest rowid.
+fn last_rowids(conn: &Connection) -> rusqlite::Result<Vec<(String, i64)>> {
+    let mut schemas = vec!["main".to_string()];
+    schemas.extend((1..).map(|k| format!("s{k}")).take_while(|s| {
+        conn.query_row(
+            "SELECT 1 FROM pragma_database_list WHERE name = ?1",
+            [s],
+            |_| Ok(()),
+        )
+        .is_ok()
+    }));
+    schemas
+        .into_iter()
+        .map(|s| {
+            let max = conn
+                .query_row(
+                    &format!("SELECT coalesce(max(rowid), 0) FROM {s}.requests"),
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap_or(0);
+            Ok((s, max))
+        })
+        .collect()
 }
 
 /// How often `tail -f` looks for new requests.

@@ -120,6 +120,7 @@ fn logging(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Logging {
     };
     let queue_size = s.uint("queue_size", 65536, 16, 16 << 20, errors) as usize;
     let max_backlog = s.uint("max_backlog", 262_144, 0, 64 << 20, errors) as usize;
+    let shards = s.uint("shards", 0, 0, 1024, errors) as usize;
     let capture = capture(s.table("capture", errors), errors);
     s.finish(errors);
     Logging {
@@ -131,6 +132,7 @@ fn logging(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Logging {
         flush_interval,
         queue_size,
         max_backlog,
+        shards,
         capture,
     }
 }

@@ -45,6 +45,9 @@ pub struct Logging {
     /// Records a failing sink keeps waiting to be written (each sink on its own); past it
     /// the oldest are lost, and counted.
     pub max_backlog: usize,
+    /// Logging threads, each serving a group of workers with its own queue, files and
+    /// SQLite file; 0: one per four workers. Takes effect at start only.
+    pub shards: usize,
     pub capture: Capture,
 }
 

@@ -282,8 +282,8 @@ struct LastReload<'a> {
 }
 
 fn health(s: &State) -> Health<'_> {
-    let logging = s.fleet.logging_stats();
-    let sinks = logging.health();
+    let logging = s.fleet.logging_totals();
+    let sinks = logging.health.clone();
     let degraded = sinks.file.is_some() || sinks.database.is_some();
     let dropped = s
         .fleet
@@ -309,11 +309,11 @@ fn health(s: &State) -> Health<'_> {
         recording: Recording {
             file: sinks.file,
             database: sinks.database,
-            backlog_file: logging.backlog_file.get(),
-            backlog_database: logging.backlog_database.get(),
+            backlog_file: logging.backlog_file,
+            backlog_database: logging.backlog_database,
             dropped,
-            lost_file: logging.lost_file.get(),
-            lost_database: logging.lost_database.get(),
+            lost_file: logging.lost_file,
+            lost_database: logging.lost_database,
         },
     }
 }

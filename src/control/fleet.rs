@@ -10,7 +10,21 @@ use crossbeam_channel::Receiver;
 
 use crate::config::snapshot::Registry;
 use crate::config::{Config, Snapshot};
-use crate::msg::{LoggingLink, LoggingStats, WorkerEvent, WorkerLink, WorkerMsg, WorkerStats};
+use crate::msg::{LoggingLink, SinkHealth, WorkerEvent, WorkerLink, WorkerMsg, WorkerStats};
+
+/// The counters of every logging thread, summed at one moment.
+#[derive(Debug, Default)]
+pub struct LoggingTotals {
+    pub written_file: u64,
+    pub written_database: u64,
+    pub lost_file: u64,
+    pub lost_database: u64,
+    pub errors_file: u64,
+    pub errors_database: u64,
+    pub backlog_file: u64,
+    pub backlog_database: u64,
+    pub health: SinkHealth,
+}
 
 /// Everything boot started, handed to the control thread.
 pub struct Parts {
@@ -22,7 +36,8 @@ pub struct Parts {
     pub drivers: Vec<&'static str>,
     /// What workers report (stats, passive health).
     pub events_rx: Receiver<WorkerEvent>,
-    pub logging: LoggingLink,
+    /// One per logging thread (shard), in shard order.
+    pub logging: Vec<LoggingLink>,
     /// Stops the workers (letting requests in flight run up to the drain time), joins
     /// them, then has the logging thread write everything queued.
     pub stop: Box<dyn FnOnce(Duration) + Send>,
@@ -36,7 +51,7 @@ pub struct Fleet {
     stats: Vec<Arc<WorkerStats>>,
     drivers: Vec<&'static str>,
     events_rx: Receiver<WorkerEvent>,
-    logging: LoggingLink,
+    logging: Vec<LoggingLink>,
     stop: Option<Box<dyn FnOnce(Duration) + Send>>,
 }
 
@@ -67,17 +82,38 @@ impl Fleet {
         &self.drivers
     }
 
-    pub fn logging_stats(&self) -> &Arc<LoggingStats> {
-        self.logging.stats()
+    /// The logging threads' counters summed, and their sinks' health (each sink's
+    /// first error, named by shard when there are several).
+    pub fn logging_totals(&self) -> LoggingTotals {
+        let mut t = LoggingTotals::default();
+        for (k, link) in self.logging.iter().enumerate() {
+            let s = link.stats();
+            t.written_file += s.written_file.get();
+            t.written_database += s.written_database.get();
+            t.lost_file += s.lost_file.get();
+            t.lost_database += s.lost_database.get();
+            t.errors_file += s.errors_file.get();
+            t.errors_database += s.errors_database.get();
+            t.backlog_file += s.backlog_file.get();
+            t.backlog_database += s.backlog_database.get();
+            let health = s.health();
+            let name = |e: String| match self.logging.len() {
+                1 => e,
+                _ => format!("shard {k}: {e}"),
+            };
+            t.health.file = t.health.file.or(health.file.map(name));
+            t.health.database = t.health.database.or(health.database.map(name));
+        }
+        t
     }
 
-    /// Have the logging thread reopen its files (SIGUSR1).
+    /// Have every logging thread reopen its files (SIGUSR1).
     pub fn reopen_logs(&self) {
-        self.logging.reopen();
+        self.logging.iter().for_each(LoggingLink::reopen);
     }
 
     pub fn watch_logging(&self) {
-        self.logging.watch();
+        self.logging.iter().for_each(LoggingLink::watch);
     }
 
     pub fn events(&self) -> &Receiver<WorkerEvent> {
@@ -93,7 +129,9 @@ impl Fleet {
     ) -> Arc<Snapshot> {
         let generation = self.snapshot.generation + 1;
         if config.logging != self.snapshot.config.logging {
-            self.logging.reconfigure(config.logging.clone());
+            for link in &self.logging {
+                link.reconfigure(config.logging.clone());
+            }
         }
         let snapshot = Arc::new(Snapshot::build(
             config,

@@ -376,8 +376,8 @@ const COUNTERS: &[Family] = &[
         "Traffic records written, by sink.",
         &["sink"],
         |s| {
-            let l = s.fleet.logging_stats();
-            by_sink(l.written_file.get(), l.written_database.get())
+            let l = s.fleet.logging_totals();
+            by_sink(l.written_file, l.written_database)
         },
     ),
     (
@@ -391,8 +391,8 @@ const COUNTERS: &[Family] = &[
         "Traffic records a failing sink could not take, by sink.",
         &["sink"],
         |s| {
-            let l = s.fleet.logging_stats();
-            by_sink(l.lost_file.get(), l.lost_database.get())
+            let l = s.fleet.logging_totals();
+            by_sink(l.lost_file, l.lost_database)
         },
     ),
     (
@@ -400,8 +400,8 @@ const COUNTERS: &[Family] = &[
         "Failed batch writes, by sink.",
         &["sink"],
         |s| {
-            let l = s.fleet.logging_stats();
-            by_sink(l.errors_file.get(), l.errors_database.get())
+            let l = s.fleet.logging_totals();
+            by_sink(l.errors_file, l.errors_database)
         },
     ),
 ];
@@ -436,7 +436,7 @@ const GAUGES: &[Family] = &[
         "1 while the traffic record sink writes, 0 while it fails (see /health for why).",
         &["sink"],
         |s| {
-            let h = s.fleet.logging_stats().health();
+            let h = s.fleet.logging_totals().health;
             by_sink(u64::from(h.file.is_none()), u64::from(h.database.is_none()))
         },
     ),
@@ -445,8 +445,8 @@ const GAUGES: &[Family] = &[
         "Traffic records waiting for a failing sink, by sink.",
         &["sink"],
         |s| {
-            let l = s.fleet.logging_stats();
-            by_sink(l.backlog_file.get(), l.backlog_database.get())
+            let l = s.fleet.logging_totals();
+            by_sink(l.backlog_file, l.backlog_database)
         },
     ),
     (

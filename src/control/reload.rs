@@ -59,6 +59,11 @@ pub fn load(path: &Path, running: &Config) -> Result<(Config, Vec<String>), Vec<
     let queue_changed = running.logging.queue_size != next.logging.queue_size;
     differs("logging.queue_size", queue_changed);
     next.logging.queue_size = running.logging.queue_size;
+    differs(
+        "logging.shards",
+        running.logging.shards != next.logging.shards,
+    );
+    next.logging.shards = running.logging.shards;
     let shutdown_timeout = next.server.shutdown_timeout;
     next.server = running.server.clone();
     next.server.shutdown_timeout = shutdown_timeout;

@@ -22,12 +22,32 @@ fn still_at_path(c: &Current) -> bool {
     fs::metadata(&c.path).is_ok_and(|m| (m.dev(), m.ino()) == c.id)
 }
 
-/// Names of Dispa's files: `dispa-traffic-<UTC time>-<seq>.jsonl.gz`.
+/// Names of Dispa's files: `dispa-traffic-<UTC time>-<seq>.jsonl.gz` (shard 0), and
+/// `dispa-traffic-<UTC time>-<seq>.s<k>.jsonl.gz` for the logging thread of shard `k`.
 const PREFIX: &str = "dispa-traffic-";
 const SUFFIX: &str = ".jsonl.gz";
 
-pub fn is_ours(name: &str) -> bool {
-    name.starts_with(PREFIX) && name.ends_with(SUFFIX)
+/// Whether `name` is a file of shard `shard` (retention touches only its own).
+pub fn is_ours(name: &str, shard: usize) -> bool {
+    let Some(rest) = name
+        .strip_prefix(PREFIX)
+        .and_then(|r| r.strip_suffix(SUFFIX))
+    else {
+        return false;
+    };
+    match rest.rsplit_once(".s") {
+        Some((_, k)) => k.parse() == Ok(shard),
+        None => shard == 0,
+    }
+}
+
+/// The name tag of shard `shard`'s files (`""` for shard 0).
+fn shard_tag(shard: usize) -> String {
+    if shard == 0 {
+        String::new()
+    } else {
+        format!(".s{shard}")
+    }
 }
 
 struct Current {
@@ -68,6 +88,10 @@ fn gzip_member(deflate: &mut Compress, input: &[u8], out: &mut Vec<u8>) -> io::R
 
 pub struct FileSink {
     settings: Settings,
+    /// The logging shard this sink writes for (its files are named apart), of how many:
+    /// each shard keeps its files within its share of `max_total_size`.
+    shard: usize,
+    shards: usize,
     current: Option<Current>,
     seq: u32,
     /// Scratch: JSON lines of one batch, and their compressed form.
@@ -87,9 +111,11 @@ fn period(rotation: Rotation, unix_secs: u64) -> u64 {
 }
 
 impl FileSink {
-    pub fn new(settings: Settings) -> Self {
+    pub fn new(settings: Settings, shard: usize, shards: usize) -> Self {
         FileSink {
             settings,
+            shard,
+            shards: shards.max(1),
             current: None,
             seq: 0,
             lines: Vec::new(),
@@ -118,9 +144,10 @@ impl FileSink {
         loop {
             self.seq = self.seq.wrapping_add(1);
             let name = format!(
-                "{PREFIX}{}-{:04}{SUFFIX}",
+                "{PREFIX}{}-{:04}{}{SUFFIX}",
                 compact_utc(now),
-                self.seq % 10_000
+                self.seq % 10_000,
+                shard_tag(self.shard)
             );
             let path = self.settings.directory.join(name);
             // create_new: never append to (or clobber) a file that is not this run's.
@@ -204,7 +231,7 @@ impl FileSink {
             let Some(name) = name.to_str() else { continue };
             // A file may vanish between listing and looking at it.
             let Ok(meta) = entry.metadata() else { continue };
-            if !meta.is_file() || !is_ours(name) {
+            if !meta.is_file() || !is_ours(name, self.shard) {
                 continue;
             }
             if self
@@ -231,11 +258,12 @@ impl FileSink {
                 !old
             });
         }
-        if self.settings.max_total_size > 0 {
+        let max_total = self.settings.max_total_size / self.shards as u64;
+        if max_total > 0 {
             let current = self.current.as_ref().map_or(0, |c| c.written);
             let mut total: u64 = ours.iter().map(|(_, len, _)| len).sum::<u64>() + current;
             for (_, len, path) in &ours {
-                if total <= self.settings.max_total_size {
+                if total <= max_total {
                     break;
                 }
                 if fs::remove_file(path).is_ok() {
@@ -252,6 +280,17 @@ impl FileSink {
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[test]
+    fn each_shard_owns_its_files_only() {
+        let name = |shard| format!("{PREFIX}20261130T000000Z-0001{}{SUFFIX}", shard_tag(shard));
+        assert!(is_ours(&name(0), 0));
+        assert!(!is_ours(&name(0), 1));
+        assert!(is_ours(&name(3), 3));
+        assert!(!is_ours(&name(3), 0));
+        assert!(!is_ours("dispa-traffic-notes.txt", 0));
+        assert!(!is_ours("other.jsonl.gz", 0));
+    }
 
     #[test]
     fn members_from_one_reused_state_decode_as_one_gzip_stream() {

@@ -28,6 +28,55 @@ const POLL: Duration = Duration::from_millis(5);
 /// At most one error line per sink per this period (the rest are counted).
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// Which logging thread of how many: recording capacity grows with the worker count by
+/// giving each group of workers a logging thread (a shard) of its own, with its own queue,
+/// gzip files and SQLite file. Workers send only to their shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// The logging thread's name: `dispa-logging`, then `dispa-logging-1`, ...
+    fn thread_name(self) -> String {
+        match self.index {
+            0 => "dispa-logging".into(),
+            k => format!("dispa-logging-{k}"),
+        }
+    }
+
+    /// `settings` as this shard applies them (its own database path).
+    fn settings(self, mut settings: Logging) -> Logging {
+        settings.database.path = shard_database_path(&settings.database.path, self.index);
+        settings
+    }
+}
+
+/// Shard `index`'s SQLite file: the configured `path` for shard 0; `traffic.s1.db` beside
+/// `traffic.db` for shard 1, and so on (`dispa traffic` reads them all).
+pub fn shard_database_path(path: &std::path::Path, index: usize) -> std::path::PathBuf {
+    if index == 0 {
+        return path.to_path_buf();
+    }
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.s{index}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.s{index}"),
+    };
+    path.with_file_name(name)
+}
+
+/// How many logging threads serve `workers` workers when `logging.shards` is 0: one per
+/// [`WORKERS_PER_SHARD`] (docs/BENCHMARKS.md, "Recording pipeline").
+pub fn default_shards(workers: usize) -> usize {
+    workers.div_ceil(WORKERS_PER_SHARD).max(1)
+}
+
+/// Workers one logging thread keeps up with at full load: a worker answers up to ~100k
+/// small requests/s, and one logging thread writes ~400k records/s to both sinks.
+pub const WORKERS_PER_SHARD: usize = 4;
+
 /// The running logging thread.
 pub struct Logger {
     thread: Option<JoinHandle<()>>,
@@ -41,6 +90,7 @@ impl Logger {
         settings: Logging,
         records_rx: Receiver<TrafficRecord>,
         hints: bool,
+        shard: Shard,
     ) -> std::io::Result<Logger> {
         let stats = Arc::new(LoggingStats::default());
         let (control_tx, control_rx) = crossbeam_channel::bounded(4);
@@ -51,10 +101,10 @@ impl Logger {
         ));
         let link = LoggingLink::new(control_tx, stats.clone(), class.clone());
         let thread = std::thread::Builder::new()
-            .name("dispa-logging".into())
+            .name(shard.thread_name())
             .spawn(move || {
                 let _started = class.start();
-                let writer = Writer::new(settings, stats, class.clone());
+                let writer = Writer::new(settings, stats, class.clone(), shard);
                 writer.run(records_rx, control_rx);
             })?;
         Ok(Logger {
@@ -252,6 +302,7 @@ struct Writer {
     /// The batch being written may pause for the workers (see `SqliteSink::write`).
     yield_cpu: bool,
     class: Arc<BatchClass<TrafficRecord>>,
+    shard: Shard,
 }
 
 impl Writer {
@@ -259,10 +310,13 @@ impl Writer {
         settings: Logging,
         stats: Arc<LoggingStats>,
         class: Arc<BatchClass<TrafficRecord>>,
+        shard: Shard,
     ) -> Self {
+        let settings = shard.settings(settings);
         Writer {
-            file: file::FileSink::new(settings.file.clone()),
+            file: file::FileSink::new(settings.file.clone(), shard.index, shard.count),
             db: sqlite::SqliteSink::new(settings.database.clone()),
+            shard,
             batch: Vec::with_capacity(settings.batch_size),
             settings,
             stats,
@@ -344,6 +398,7 @@ impl Writer {
     }
 
     fn apply(&mut self, settings: Logging) {
+        let settings = self.shard.settings(settings);
         self.file.reconfigure(settings.file.clone());
         self.db.reconfigure(settings.database.clone());
         self.file_backlog.retry_at = None;
@@ -559,13 +614,17 @@ mod speed {
             }
         };
         let rounds = 200;
-        let mut file = file::FileSink::new(FileSink {
-            directory: dir.join("logs"),
-            max_file_size: 1 << 40,
-            rotation: Rotation::Never,
-            retention_days: 0,
-            max_total_size: 0,
-        });
+        let mut file = file::FileSink::new(
+            FileSink {
+                directory: dir.join("logs"),
+                max_file_size: 1 << 40,
+                rotation: Rotation::Never,
+                retention_days: 0,
+                max_total_size: 0,
+            },
+            0,
+            1,
+        );
         let n = rounds * records.len() as u32;
         let t = Clock::start();
         for _ in 0..rounds {
