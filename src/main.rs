@@ -82,6 +82,11 @@ enum TrafficCommand {
         #[arg(short = 'f', long)]
         follow: bool,
     },
+    /// Run SQL on the store, every shard's records in `requests` (see docs/DATABASE.md).
+    Sql {
+        /// The statement(s); read-only.
+        query: String,
+    },
     /// Requests, error rate and p50/p99 latency per target (or per domain).
     Summary {
         /// Group by domain (Host) instead of target.
@@ -338,6 +343,7 @@ fn run_traffic(
     };
     let out = match what {
         TrafficCommand::Tail { lines, .. } => traffic::tail(&conn, filter, lines),
+        TrafficCommand::Sql { query } => traffic::sql(&conn, &query),
         TrafficCommand::Summary { by_domain } => {
             let by = if by_domain {
                 traffic::By::Domain

@@ -227,6 +227,37 @@ fn last_rowids(conn: &Connection) -> rusqlite::Result<Vec<(String, i64)>> {
 /// How often `tail -f` looks for new requests.
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
 
+/// Run `query` (one or more read-only statements) and print every row, tab-separated,
+/// with a header line per statement: what `sqlite3` gives, with every shard attached.
+pub fn sql(conn: &Connection, query: &str) -> rusqlite::Result<String> {
+    use rusqlite::fallible_iterator::FallibleIterator;
+    use rusqlite::types::ValueRef;
+    let mut out = String::new();
+    let mut batch = rusqlite::Batch::new(conn, query);
+    while let Some(mut stmt) = batch.next()? {
+        let columns = stmt.column_count();
+        let _ = writeln!(
+            out,
+            "{}",
+            stmt.column_names().collect::<Vec<_>>().join("\t")
+        );
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let cells: Vec<String> = (0..columns)
+                .map(|i| match row.get_ref(i) {
+                    Ok(ValueRef::Null) | Err(_) => String::new(),
+                    Ok(ValueRef::Integer(n)) => n.to_string(),
+                    Ok(ValueRef::Real(f)) => f.to_string(),
+                    Ok(ValueRef::Text(t)) => String::from_utf8_lossy(t).into_owned(),
+                    Ok(ValueRef::Blob(b)) => format!("<{} bytes>", b.len()),
+                })
+                .collect();
+            let _ = writeln!(out, "{}", cells.join("\t"));
+        }
+    }
+    Ok(out)
+}
+
 /// Group for [`summary`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum By {

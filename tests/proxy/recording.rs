@@ -574,4 +574,15 @@ fn two_shards_write_their_own_files_and_traffic_reads_them_all() {
             .any(|l| l.starts_with("b0") && l.contains(" 40 ")),
         "{summary}"
     );
+    // DATABASE.md's queries through `dispa traffic sql` see every shard.
+    let out = std::process::Command::new(BIN)
+        .args(["traffic", "sql", "--db"])
+        .arg(&db0)
+        .arg("SELECT host, (status / 100) || 'xx' AS class, count(*) AS n FROM requests GROUP BY host, class")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "host\tclass\tn\nexample.com\t2xx\t40\n"
+    );
 }
