@@ -78,7 +78,7 @@ impl Running {
         &self.parts.snapshot
     }
 
-    /// The first logging thread's counters (the only one up to four workers).
+    /// The first logging thread's counters (the only one up to three workers).
     pub fn logging_stats(&self) -> &Arc<LoggingStats> {
         self.parts.logging[0].stats()
     }

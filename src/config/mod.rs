@@ -46,7 +46,7 @@ pub struct Logging {
     /// the oldest are lost, and counted.
     pub max_backlog: usize,
     /// Logging threads, each serving a group of workers with its own queue, files and
-    /// SQLite file; 0: one per four workers. Takes effect at start only.
+    /// SQLite file; 0: one per three workers. Takes effect at start only.
     pub shards: usize,
     pub capture: Capture,
 }

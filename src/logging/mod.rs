@@ -74,8 +74,9 @@ pub fn default_shards(workers: usize) -> usize {
 }
 
 /// Workers one logging thread keeps up with at full load: a worker answers up to ~100k
-/// small requests/s, and one logging thread writes ~400k records/s to both sinks.
-pub const WORKERS_PER_SHARD: usize = 4;
+/// small requests/s, and one logging thread writes 280-300k records/s to both sinks
+/// (`pipeline`, below). 2 workers: 1 shard, 8: 3, 16: 6, 64: 22.
+pub const WORKERS_PER_SHARD: usize = 3;
 
 /// The running logging thread.
 pub struct Logger {
@@ -529,6 +530,28 @@ fn writable_dir(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_by_worker_count_and_their_database_files() {
+        let shards: Vec<usize> = [1, 2, 3, 4, 8, 16, 64].map(default_shards).to_vec();
+        assert_eq!(shards, [1, 1, 1, 2, 3, 6, 22]);
+        let path = std::path::Path::new("data/traffic.db");
+        assert_eq!(shard_database_path(path, 0), path);
+        assert_eq!(
+            shard_database_path(path, 2),
+            std::path::Path::new("data/traffic.s2.db")
+        );
+        let bare = std::path::Path::new("records");
+        assert_eq!(
+            shard_database_path(bare, 1),
+            std::path::Path::new("records.s1")
+        );
+    }
+}
+
+#[cfg(test)]
 mod speed {
     use super::*;
     use crate::config::{DatabaseSink, FileSink, Rotation};
@@ -651,5 +674,94 @@ mod speed {
         }
         t.per("json only", n);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Not a test: `cargo test --release --lib pipeline -- --ignored --nocapture` drives
+    /// the real recording path (queues, logging threads, both sinks) from producer threads
+    /// that hand over records built beforehand, with 1 and then 2 shards: records per
+    /// second (wall) and CPU per record of the logging threads. `PIPELINE_RECORDS` records
+    /// per shard (default 400,000).
+    #[test]
+    #[ignore]
+    fn pipeline() {
+        let per_shard: usize = std::env::var("PIPELINE_RECORDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(400_000);
+        for shards in [1, 2] {
+            let dir = std::env::temp_dir()
+                .join(format!("dispa-pipeline-{}-{shards}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let mut settings = crate::config::parse(&format!(
+                "[domains]\nintercept_domains = [\"a\"]\n[[targets.targets]]\nname = \"b\"\nurl = \"http://127.0.0.1:9\"\n\
+                 [logging]\ntype = \"both\"\nqueue_size = {per_shard}\n\
+                 [logging.file]\ndirectory = \"{}\"\n[logging.database]\npath = \"{}\"\n",
+                dir.join("logs").display(),
+                dir.join("traffic.db").display()
+            ))
+            .unwrap()
+            .logging;
+            settings.max_backlog = per_shard;
+            let batches: Vec<Vec<TrafficRecord>> = (0..shards)
+                .map(|s| {
+                    (0..per_shard as u64)
+                        .map(|i| record(i * 2 + s as u64))
+                        .collect()
+                })
+                .collect();
+            let mut loggers = Vec::new();
+            let mut senders = Vec::new();
+            let (start, cpu_start) = (Instant::now(), process_cpu());
+            for index in 0..shards {
+                let (tx, rx) = crate::msg::record_queue(per_shard);
+                let shard = Shard {
+                    index,
+                    count: shards,
+                };
+                loggers.push(Logger::start(settings.clone(), rx, false, shard).unwrap());
+                senders.push(tx);
+            }
+            let producers: Vec<_> = batches
+                .into_iter()
+                .zip(senders)
+                .map(|(batch, tx)| {
+                    std::thread::spawn(move || {
+                        for r in batch {
+                            assert!(tx.try_send(r), "queue sized for every record");
+                        }
+                    })
+                })
+                .collect();
+            for p in producers {
+                p.join().unwrap();
+            }
+            for logger in &mut loggers {
+                logger.finish();
+            }
+            let (wall, cpu) = (start.elapsed(), process_cpu() - cpu_start);
+            let written: u64 = loggers
+                .iter()
+                .map(|l| l.link().stats().written_database.get())
+                .sum();
+            assert_eq!(written as usize, per_shard * shards);
+            println!(
+                "{shards} shard(s): {written} records in {wall:?}: {:.0} records/s ({:.0} per shard), {:?} process CPU per record (producers included)",
+                written as f64 / wall.as_secs_f64(),
+                written as f64 / wall.as_secs_f64() / shards as f64,
+                cpu / written as u32
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    /// CPU time of the whole process so far.
+    fn process_cpu() -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec to write into.
+        unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
     }
 }
