@@ -764,4 +764,167 @@ mod speed {
         unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
         Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
     }
+
+    /// Not a test: `cargo test --release --lib store_cost -- --ignored --nocapture` prints
+    /// the CPU per record of narrow SQLite rows (repeated strings interned into a table of
+    /// their own, looked up in memory first) with no index, one and four, against the
+    /// present sink: what a lighter store would cost.
+    #[test]
+    #[ignore]
+    fn store_cost() {
+        use std::collections::HashMap;
+        let dir = std::env::temp_dir().join(format!("dispa-store-cost-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let hosts = ["example.com", "api.test.com", "a.test.com", "b.test.com"];
+        let mut records: Vec<TrafficRecord> = (0..1024u64)
+            .map(|i| {
+                let mut r = record(i);
+                let mut text = String::new();
+                let mut ends = [0u32; RecordText::COUNT];
+                let path = format!("/api/v1/items/{}", i % 97);
+                for (k, v) in [
+                    &format!("6b07c374{i:016x}"),
+                    "GET",
+                    hosts[i as usize % 4],
+                    path.as_str(),
+                    "page=2",
+                    "curl/7.88.1",
+                    ["backend1", "backend2"][i as usize % 2],
+                ]
+                .iter()
+                .enumerate()
+                {
+                    text.push_str(v);
+                    ends[k] = text.len() as u32;
+                }
+                r.text = text;
+                r.ends = ends;
+                r.client = std::net::IpAddr::from([10, 0, (i % 7) as u8, (i % 200) as u8]);
+                r
+            })
+            .collect();
+        let advance = |records: &mut Vec<TrafficRecord>| {
+            for r in records.iter_mut() {
+                r.start_ms += 1024;
+            }
+        };
+        let rounds = 200u32;
+        let n = rounds * records.len() as u32;
+        for (label, indexes) in [
+            ("narrow, no index", &[][..]),
+            ("narrow, ts index", &["ts_ms"][..]),
+            (
+                "narrow, 4 indexes",
+                &["ts_ms", "host, ts_ms", "status, ts_ms", "target, ts_ms"][..],
+            ),
+        ] {
+            let path = dir.join(format!("{}.db", label.replace([' ', ','], "_")));
+            let mut conn = sqlite::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE strings (id INTEGER PRIMARY KEY, text TEXT NOT NULL UNIQUE);
+                 CREATE TABLE rows (ts_ms INTEGER NOT NULL, id TEXT NOT NULL, client INTEGER,
+                   worker INTEGER, method INTEGER, host INTEGER, path TEXT, query TEXT,
+                   version INTEGER, user_agent INTEGER, request_bytes INTEGER, status INTEGER,
+                   response_bytes INTEGER, target INTEGER, target_addr INTEGER,
+                   duration_us INTEGER, upstream_us INTEGER, upstream_reused INTEGER,
+                   retries INTEGER, error INTEGER);",
+            )
+            .unwrap();
+            for (i, cols) in indexes.iter().enumerate() {
+                conn.execute_batch(&format!("CREATE INDEX rows_{i} ON rows ({cols})"))
+                    .unwrap();
+            }
+            let mut interned: HashMap<String, i64> = HashMap::new();
+            let mut sql = String::from("INSERT INTO rows VALUES ");
+            for row in 0..8 {
+                if row > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push('(');
+                for col in 0..20 {
+                    if col > 0 {
+                        sql.push_str(", ");
+                    }
+                    sql.push_str(&format!("?{}", row * 20 + col + 1));
+                }
+                sql.push(')');
+            }
+            let t = Clock::start();
+            let mut ip = Vec::new();
+            for _ in 0..rounds {
+                advance(&mut records);
+                let tx = conn.transaction().unwrap();
+                {
+                    let mut intern = |text: &str| -> i64 {
+                        if let Some(&id) = interned.get(text) {
+                            return id;
+                        }
+                        tx.execute("INSERT INTO strings (text) VALUES (?1)", [text])
+                            .unwrap();
+                        let id = tx.last_insert_rowid();
+                        interned.insert(text.to_string(), id);
+                        id
+                    };
+                    let mut ids = Vec::with_capacity(records.len() * 6);
+                    for r in &records {
+                        ip.clear();
+                        record::push_ip(&mut ip, r.client);
+                        ids.push(intern(std::str::from_utf8(&ip).unwrap()));
+                        ids.push(intern(r.field(RecordText::Method)));
+                        ids.push(intern(r.field(RecordText::Host)));
+                        ids.push(intern(r.field(RecordText::UserAgent)));
+                        ids.push(intern(r.field(RecordText::Target)));
+                        ids.push(intern("127.0.0.1:3000"));
+                    }
+                    let mut insert = tx.prepare_cached(&sql).unwrap();
+                    for (chunk, idc) in records.chunks(8).zip(ids.chunks(48)) {
+                        for (k, r) in chunk.iter().enumerate() {
+                            let at = k * 20;
+                            let id6 = &idc[k * 6..k * 6 + 6];
+                            let values: [&dyn rusqlite::ToSql; 20] = [
+                                &(r.start_ms as i64),
+                                &r.field(RecordText::Id),
+                                &id6[0],
+                                &r.worker,
+                                &id6[1],
+                                &id6[2],
+                                &r.field(RecordText::Path),
+                                &r.field(RecordText::Query),
+                                &r.version_minor,
+                                &id6[3],
+                                &(r.request_bytes as i64),
+                                &r.status,
+                                &(r.response_bytes as i64),
+                                &id6[4],
+                                &id6[5],
+                                &(r.duration_us as i64),
+                                &r.upstream_us.map(|u| u as i64),
+                                &r.reused,
+                                &r.retries,
+                                &Option::<i64>::None,
+                            ];
+                            for (i, v) in values.into_iter().enumerate() {
+                                insert.raw_bind_parameter(at + i + 1, v).unwrap();
+                            }
+                        }
+                        insert.raw_execute().unwrap();
+                    }
+                }
+                tx.commit().unwrap();
+            }
+            t.per(label, n);
+        }
+        let mut db = sqlite::SqliteSink::new(DatabaseSink {
+            path: dir.join("present.db"),
+            retention_days: 0,
+        });
+        let t = Clock::start();
+        for _ in 0..rounds {
+            advance(&mut records);
+            db.write(&records, false).unwrap();
+        }
+        t.per("present sqlite sink", n);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
