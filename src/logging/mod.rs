@@ -621,6 +621,34 @@ mod speed {
         }
     }
 
+    /// Time moves on between batches, as it does in a run: the time-ordered indexes then
+    /// grow at their end (repeating times would insert all over them).
+    fn advance(records: &mut [TrafficRecord]) {
+        for r in records.iter_mut() {
+            r.start_ms += 1024;
+        }
+    }
+
+    /// Write `rounds` batches of `records` (time advancing) with the SQLite sink at `path`
+    /// and print the cost per record.
+    fn time_sqlite_sink(
+        path: &std::path::Path,
+        records: &mut [TrafficRecord],
+        rounds: u32,
+        label: &str,
+    ) {
+        let mut db = sqlite::SqliteSink::new(DatabaseSink {
+            path: path.to_path_buf(),
+            retention_days: 0,
+        });
+        let t = Clock::start();
+        for _ in 0..rounds {
+            advance(records);
+            db.write(records, false).unwrap();
+        }
+        t.per(label, rounds * records.len() as u32);
+    }
+
     /// Not a test: `cargo test --release --lib sink_cost -- --ignored --nocapture` prints
     /// the CPU time per record of each sink.
     #[test]
@@ -629,13 +657,6 @@ mod speed {
         let dir = std::env::temp_dir().join(format!("dispa-sink-cost-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut records: Vec<TrafficRecord> = (0..1024).map(record).collect();
-        // Time moves on between batches, as it does in a run: the time-ordered indexes
-        // then grow at their end (repeating times would insert all over them).
-        let advance = |records: &mut Vec<TrafficRecord>| {
-            for r in records.iter_mut() {
-                r.start_ms += 1024;
-            }
-        };
         let rounds = 200;
         let mut file = file::FileSink::new(
             FileSink {
@@ -654,16 +675,7 @@ mod speed {
             file.write(&records, SystemTime::now()).unwrap();
         }
         t.per("file sink", n);
-        let mut db = sqlite::SqliteSink::new(DatabaseSink {
-            path: dir.join("t.db"),
-            retention_days: 0,
-        });
-        let t = Clock::start();
-        for _ in 0..rounds {
-            advance(&mut records);
-            db.write(&records, false).unwrap();
-        }
-        t.per("sqlite sink", n);
+        time_sqlite_sink(&dir.join("t.db"), &mut records, rounds, "sqlite sink");
         let mut s = Vec::new();
         let t = Clock::start();
         for _ in 0..rounds {
@@ -804,11 +816,6 @@ mod speed {
                 r
             })
             .collect();
-        let advance = |records: &mut Vec<TrafficRecord>| {
-            for r in records.iter_mut() {
-                r.start_ms += 1024;
-            }
-        };
         let rounds = 200u32;
         let n = rounds * records.len() as u32;
         for (label, indexes) in [
@@ -915,16 +922,12 @@ mod speed {
             }
             t.per(label, n);
         }
-        let mut db = sqlite::SqliteSink::new(DatabaseSink {
-            path: dir.join("present.db"),
-            retention_days: 0,
-        });
-        let t = Clock::start();
-        for _ in 0..rounds {
-            advance(&mut records);
-            db.write(&records, false).unwrap();
-        }
-        t.per("present sqlite sink", n);
+        time_sqlite_sink(
+            &dir.join("present.db"),
+            &mut records,
+            rounds,
+            "present sqlite sink",
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
