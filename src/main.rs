@@ -82,6 +82,15 @@ enum TrafficCommand {
         #[arg(short = 'f', long)]
         follow: bool,
     },
+    /// Fill a store with made-up records, for measuring queries on a large one.
+    Generate {
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 1_000_000)]
+        records: u64,
+        /// Spread over this long before now.
+        #[arg(long, default_value = "1d")]
+        span: String,
+    },
     /// Run SQL on the store, every shard's records in `requests` (see docs/DATABASE.md).
     Sql {
         /// The statement(s); read-only.
@@ -314,6 +323,22 @@ fn run_traffic(
             }
         },
     };
+    if let TrafficCommand::Generate { records, span } = &what {
+        let Some(span) = config::parse_duration_text(span) else {
+            eprintln!("--span: expected a duration like 1d: {span:?}");
+            return ExitCode::from(2);
+        };
+        return match dispa::logging::sqlite::generate(&path, *records, span) {
+            Ok(()) => {
+                println!("{}: {records} records", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if let TrafficCommand::Tail {
         lines,
         follow: true,
@@ -344,6 +369,7 @@ fn run_traffic(
     let out = match what {
         TrafficCommand::Tail { lines, .. } => traffic::tail(&conn, filter, lines),
         TrafficCommand::Sql { query } => traffic::sql(&conn, &query),
+        TrafficCommand::Generate { .. } => unreachable!("handled above"),
         TrafficCommand::Summary { by_domain } => {
             let by = if by_domain {
                 traffic::By::Domain

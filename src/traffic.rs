@@ -8,6 +8,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, params_from_iter, types::Value};
 
 use crate::clock::rfc3339_ms;
+use crate::logging::rollup::Latency;
 use crate::logging::shard_database_path;
 
 /// Which requests to show.
@@ -55,15 +56,37 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     )?;
     let schemas = attach_shards(&conn, path)?;
     if schemas.len() > 1 {
-        let union = schemas
-            .iter()
-            // Each shard's rowid kept as a column, for ordering ties (views have none).
-            .map(|s| format!("SELECT rowid AS rowid, * FROM {s}.requests"))
-            .collect::<Vec<_>>()
-            .join(" UNION ALL ");
-        conn.execute_batch(&format!("CREATE TEMP VIEW requests AS {union}"))?;
+        let union = |select: &str, table: &str| {
+            schemas
+                .iter()
+                .map(|s| format!("SELECT {select} FROM {s}.{table}"))
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ")
+        };
+        // Each shard's rowid kept as a column, for ordering ties (views have none).
+        let rows = union("rowid AS rowid, *", "requests");
+        conn.execute_batch(&format!("CREATE TEMP VIEW requests AS {rows}"))?;
+        if has_rollups(&conn, &schemas) {
+            let minutes = union("*", "requests_per_minute");
+            conn.execute_batch(&format!(
+                "CREATE TEMP VIEW requests_per_minute AS {minutes}"
+            ))?;
+        }
     }
     Ok(conn)
+}
+
+/// Whether every shard's file has the per-minute rollups (schema version 3: Dispa
+/// migrates a file when it opens it to write).
+fn has_rollups(conn: &Connection, schemas: &[String]) -> bool {
+    schemas.iter().all(|s| {
+        conn.query_row(
+            &format!("SELECT 1 FROM {s}.sqlite_master WHERE name = 'requests_per_minute'"),
+            [],
+            |_| Ok(()),
+        )
+        .is_ok()
+    })
 }
 
 /// Attach the files of shards 1, 2, ... that exist beside `path`; returns the schema name
@@ -265,8 +288,116 @@ pub enum By {
     Domain,
 }
 
-/// Requests, 5xx rate and latency percentiles per group, as an aligned table.
+/// Requests, 5xx rate and latency percentiles per group, as an aligned table: from the
+/// per-minute rollups (no row is read; `--since` counts whole minutes; percentiles within
+/// 12.5 %), or from the rows when filtering by exact status or when the store has no
+/// rollups yet.
 pub fn summary(conn: &Connection, filter: &Filter, by: By) -> rusqlite::Result<String> {
+    let rollups = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_temp_master WHERE name = 'requests_per_minute' \
+             UNION ALL SELECT 1 FROM sqlite_master WHERE name = 'requests_per_minute'",
+            [],
+            |_| Ok(()),
+        )
+        .is_ok();
+    if rollups && filter.status.is_none() {
+        return summary_from_rollups(conn, filter, by);
+    }
+    summary_from_rows(conn, filter, by)
+}
+
+/// A group of [`summary`]: its name, requests, answers that were errors (5xx or none),
+/// and latency histogram.
+type Group = (String, u64, u64, Latency);
+
+fn summary_from_rollups(conn: &Connection, filter: &Filter, by: By) -> rusqlite::Result<String> {
+    let column = match by {
+        By::Target => "target",
+        By::Domain => "host",
+    };
+    let mut sql = format!(
+        "SELECT {column}, status_class, requests, latency FROM requests_per_minute WHERE 1 = 1"
+    );
+    let mut args = Vec::new();
+    if let Some(h) = &filter.host {
+        sql += " AND host = ?";
+        args.push(Value::Text(h.to_ascii_lowercase()));
+    }
+    if let Some(t) = &filter.target {
+        sql += " AND target = ?";
+        args.push(Value::Text(t.clone()));
+    }
+    if let Some(since) = filter.since {
+        let now = Duration::from_millis(crate::clock::unix_ms());
+        sql += " AND minute >= ?";
+        args.push(Value::Integer(
+            (now.saturating_sub(since).as_millis() / 60_000) as i64,
+        ));
+    }
+    sql += &format!(" ORDER BY {column}");
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(params_from_iter(args), |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, u8>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, Vec<u8>>(3)?,
+        ))
+    })?;
+    let mut groups: Vec<Group> = Vec::new();
+    for row in rows {
+        let (key, class, n, latency) = row?;
+        if groups.last().is_none_or(|g| g.0 != key) {
+            groups.push((key, 0, 0, Latency::default()));
+        }
+        let g = groups.last_mut().expect("pushed above");
+        g.1 += n as u64;
+        g.2 += if class == 5 || class == 0 {
+            n as u64
+        } else {
+            0
+        };
+        g.3.merge(&Latency::from_blob(&latency));
+    }
+    let mut out = summary_header(by);
+    for (key, requests, errors, latency) in &groups {
+        summary_line(
+            &mut out,
+            key,
+            *requests,
+            *errors,
+            latency.quantile(0.50) / 1000.0,
+            latency.quantile(0.99) / 1000.0,
+        );
+    }
+    Ok(out)
+}
+
+fn summary_header(by: By) -> String {
+    format!(
+        "{:<32} {:>10} {:>8} {:>10} {:>10}\n",
+        match by {
+            By::Target => "target",
+            By::Domain => "domain",
+        },
+        "requests",
+        "errors",
+        "p50 ms",
+        "p99 ms"
+    )
+}
+
+fn summary_line(out: &mut String, key: &str, requests: u64, errors: u64, p50: f64, p99: f64) {
+    let name = if key.is_empty() { "(none)" } else { key };
+    let _ = writeln!(
+        out,
+        "{name:<32} {requests:>10} {:>7.1}% {p50:>10.3} {p99:>10.3}",
+        errors as f64 * 100.0 / requests.max(1) as f64,
+    );
+}
+
+fn summary_from_rows(conn: &Connection, filter: &Filter, by: By) -> rusqlite::Result<String> {
     let (clause, args) = filter.clause();
     let column = match by {
         By::Target => "target",
@@ -297,26 +428,16 @@ pub fn summary(conn: &Connection, filter: &Filter, by: By) -> rusqlite::Result<S
         let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
         sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
     };
-    let mut out = format!(
-        "{:<32} {:>10} {:>8} {:>10} {:>10}\n",
-        match by {
-            By::Target => "target",
-            By::Domain => "domain",
-        },
-        "requests",
-        "errors",
-        "p50 ms",
-        "p99 ms"
-    );
+    let mut out = summary_header(by);
     for (key, durations, errors) in &groups {
-        let name = if key.is_empty() { "(none)" } else { key };
-        let _ = writeln!(
-            out,
-            "{name:<32} {:>10} {:>7.1}% {:>10.3} {:>10.3}",
-            durations.len(),
-            *errors as f64 * 100.0 / durations.len() as f64,
+        let n = durations.len() as u64;
+        summary_line(
+            &mut out,
+            key,
+            n,
+            *errors,
             pct(durations, 0.50),
-            pct(durations, 0.99)
+            pct(durations, 0.99),
         );
     }
     Ok(out)

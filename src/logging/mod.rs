@@ -7,6 +7,7 @@
 
 pub mod file;
 pub mod record;
+pub mod rollup;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -162,8 +163,10 @@ struct Backlog {
     records: usize,
     last_logged: Option<Instant>,
     suppressed: u64,
-    /// While failing: when to try again.
+    /// While failing: when to try again (cleared by a reload, to try at once).
     retry_at: Option<Instant>,
+    /// The last write failed.
+    failing: bool,
 }
 
 impl Backlog {
@@ -175,6 +178,7 @@ impl Backlog {
             last_logged: None,
             suppressed: 0,
             retry_at: None,
+            failing: false,
         }
     }
 
@@ -199,7 +203,8 @@ impl Backlog {
                     c.written.add(batch.len() as u64);
                     self.records -= batch.len();
                     self.batches.pop_front();
-                    if self.retry_at.take().is_some() {
+                    self.retry_at = None;
+                    if std::mem::take(&mut self.failing) {
                         tracing::info!(sink = self.name, "traffic record sink recovered");
                         c.set_failing(None);
                     }
@@ -231,6 +236,7 @@ impl Backlog {
     /// Rate-limited error line, the next try in [`RETRY_AFTER`], the error for /health.
     fn note(&mut self, c: &SinkCounters<'_>, error: &SinkError, now: Instant) {
         self.retry_at = Some(now + RETRY_AFTER);
+        self.failing = true;
         c.set_failing(Some(error.to_string()));
         if self
             .last_logged
@@ -399,6 +405,7 @@ impl Writer {
     }
 
     fn apply(&mut self, settings: Logging) {
+        self.finish_rollups();
         let settings = self.shard.settings(settings);
         self.file.reconfigure(settings.file.clone());
         self.db.reconfigure(settings.database.clone());
@@ -445,6 +452,16 @@ impl Writer {
         if now.is_none() {
             self.file_backlog.give_up(&SinkCounters::file(stats));
             self.db_backlog.give_up(&SinkCounters::database(stats));
+            self.finish_rollups();
+        }
+    }
+
+    /// Write the rollups not written yet into the database their rows are in.
+    fn finish_rollups(&mut self) {
+        if self.settings.sinks.database()
+            && let Err(e) = self.db.finish()
+        {
+            tracing::warn!("traffic database {e}");
         }
     }
 

@@ -50,6 +50,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE requests ADD COLUMN request_body BLOB;
     ALTER TABLE requests ADD COLUMN response_body BLOB;
 ",
+    // Version 3: per-minute rollups (`super::rollup`), filled from the rows there are.
+    super::rollup::SCHEMA,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -126,6 +128,9 @@ fn file_id(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
+/// How often the rollups of the rows written are merged into the table.
+const ROLLUP_EVERY: Duration = Duration::from_secs(1);
+
 /// Rows inserted between two offers of the CPU to other threads (see [`SqliteSink::write`]).
 const YIELD_EVERY: usize = 64;
 
@@ -162,6 +167,9 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
+        if i == 2 {
+            super::rollup::backfill(&tx)?;
+        }
         tx.pragma_update(None, "user_version", i as i64 + 1)?;
         tx.commit()?;
     }
@@ -171,6 +179,10 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 pub struct SqliteSink {
     settings: Settings,
     conn: Option<Connection>,
+    /// Rollups of the rows written, not in the table yet (written at most every
+    /// [`ROLLUP_EVERY`], in the transaction of a batch, and by [`SqliteSink::finish`]).
+    rollups: super::rollup::Pending,
+    rollups_written: std::time::Instant,
     /// Device and inode of the database file opened: when the path no longer names it
     /// (deleted, moved), the next batch opens (and creates) the file at the path again.
     id: (u64, u64),
@@ -243,6 +255,8 @@ impl SqliteSink {
         SqliteSink {
             settings,
             conn: None,
+            rollups: Default::default(),
+            rollups_written: std::time::Instant::now(),
             id: (0, 0),
         }
     }
@@ -315,14 +329,42 @@ impl SqliteSink {
             return Ok(());
         }
         let path = self.settings.path.clone();
-        let conn = self.conn()?;
-        Self::insert(conn, records, yield_cpu).map_err(|e| SinkError::new("insert into", &path, e))
+        let due = self.rollups_written.elapsed() >= ROLLUP_EVERY;
+        self.conn()?;
+        let conn = self.conn.as_mut().expect("opened above");
+        Self::insert(conn, records, yield_cpu, due.then_some(&self.rollups))
+            .map_err(|e| SinkError::new("insert into", &path, e))?;
+        // Only once the rows are in: a batch that failed is counted when it is written.
+        if due {
+            self.rollups.clear();
+            self.rollups_written = std::time::Instant::now();
+        }
+        self.rollups.add(records);
+        Ok(())
+    }
+
+    /// Write the rollups not written yet (at a stop).
+    pub fn finish(&mut self) -> Result<(), SinkError> {
+        if self.rollups.is_empty() {
+            return Ok(());
+        }
+        let path = self.settings.path.clone();
+        self.conn()?;
+        let conn = self.conn.as_mut().expect("opened above");
+        let tx = conn
+            .transaction()
+            .map_err(|e| SinkError::new("rollups into", &path, e))?;
+        let written = self.rollups.write(&tx).and_then(|()| tx.commit());
+        written.map_err(|e| SinkError::new("rollups into", &path, e))?;
+        self.rollups.clear();
+        Ok(())
     }
 
     fn insert(
         conn: &mut Connection,
         records: &[TrafficRecord],
         yield_cpu: bool,
+        rollups: Option<&super::rollup::Pending>,
     ) -> rusqlite::Result<()> {
         static MANY: OnceLock<String> = OnceLock::new();
         static ONE: OnceLock<String> = OnceLock::new();
@@ -352,6 +394,9 @@ impl SqliteSink {
                 insert_one.raw_execute()?;
             }
         }
+        if let Some(rollups) = rollups {
+            rollups.write(&tx)?;
+        }
         tx.commit()
     }
 
@@ -376,10 +421,91 @@ impl SqliteSink {
                 )
                 .map_err(|e| SinkError::new("retention: delete from", &path, e))?;
             if n < RETENTION_CHUNK {
+                conn.execute(
+                    "DELETE FROM requests_per_minute WHERE minute < ?1",
+                    params![cutoff.div_euclid(60_000)],
+                )
+                .map_err(|e| SinkError::new("retention: delete rollups from", &path, e))?;
                 return Ok(false);
             }
         }
         Ok(true)
+    }
+}
+
+/// Fill the store at `path` with `n` made-up records spread over the last `span` (20
+/// hosts, 4 targets, 1,000 paths, 2 % 5xx), through this sink in batches of 4,096, rollups
+/// included: `dispa traffic generate`, for measuring queries on a large store.
+pub fn generate(path: &Path, n: u64, span: Duration) -> Result<(), SinkError> {
+    let mut sink = SqliteSink::new(Settings {
+        path: path.to_path_buf(),
+        retention_days: 0,
+    });
+    let end = crate::clock::unix_ms();
+    let start = end.saturating_sub(span.as_millis() as u64);
+    let step = (end - start).max(1) as f64 / n.max(1) as f64;
+    let mut batch = Vec::with_capacity(4096);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..n {
+        // xorshift: the same store from run to run.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        batch.push(made_up_record(i, start + (i as f64 * step) as u64, x));
+        if batch.len() == 4096 || i + 1 == n {
+            // The rollups are written with the batches (at most every second) and at the end.
+            sink.write(&batch, false)?;
+            batch.clear();
+        }
+    }
+    sink.finish()
+}
+
+fn made_up_record(i: u64, ts_ms: u64, x: u64) -> TrafficRecord {
+    let mut text = String::with_capacity(128);
+    let mut ends = [0u32; RecordText::COUNT];
+    let fields = [
+        format!("{:08x}00{:014x}", (ts_ms / 1000) as u32, i),
+        ["GET", "GET", "GET", "POST"][(x % 4) as usize].to_string(),
+        format!("h{}.example.com", x % 20),
+        format!("/api/v1/items/{}", (x >> 8) % 1000),
+        if x.is_multiple_of(3) {
+            format!("page={}", x % 9)
+        } else {
+            String::new()
+        },
+        "curl/8.5.0".to_string(),
+        format!("backend{}", (x >> 16) % 4),
+    ];
+    for (k, v) in fields.iter().enumerate() {
+        text.push_str(v);
+        ends[k] = text.len() as u32;
+    }
+    let status = match (x >> 24) % 100 {
+        0 | 1 => 502,
+        2..=4 => 404,
+        _ => 200,
+    };
+    TrafficRecord {
+        start_ms: ts_ms,
+        client: std::net::IpAddr::from([10, 0, ((x >> 32) % 256) as u8, ((x >> 40) % 256) as u8]),
+        worker: ((x >> 48) % 4) as u16,
+        version_minor: 1,
+        status,
+        request_bytes: 0,
+        response_bytes: 512 + (x >> 20) % 4096,
+        duration_us: 100 + (x >> 12) % 20_000,
+        upstream_us: Some(80 + (x >> 12) % 19_000),
+        target_addr: Some(std::net::SocketAddr::from((
+            [10, 1, 0, ((x >> 16) % 4) as u8],
+            8080,
+        ))),
+        reused: Some(!x.is_multiple_of(10)),
+        retries: 0,
+        error: (status == 502).then_some(ErrorKind::Connect),
+        text,
+        ends,
+        capture: None,
     }
 }
 
@@ -415,6 +541,15 @@ mod tests {
             })
             .unwrap();
         assert_eq!((id.as_str(), headers), ("old", None));
+        // Version 3 filled the rollups from the rows that were there.
+        let minute: (i64, String, i64, i64) = conn
+            .query_row(
+                "SELECT minute, host, status_class, requests FROM requests_per_minute",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!(minute, (0, "a".to_string(), 2, 1));
         drop(conn);
         // A file from a newer Dispa is refused, not changed.
         Connection::open(&path)

@@ -223,3 +223,31 @@ fn a_record_of_a_failed_connect_names_the_target_and_address() {
     assert_eq!(json_field(&lines[0], "target_addr"), dead.to_string());
     assert_eq!(json_field(&lines[0], "error"), "connect");
 }
+
+#[test]
+fn a_sink_that_recovers_after_a_reload_is_healthy_again() {
+    let b = Backend::named("b");
+    let dir = scratch_dir("lost-reload");
+    let logs = dir.join("logs");
+    std::fs::write(&logs, "not a directory").unwrap();
+    let d = controlled(&config(
+        &[b.addr],
+        "round_robin",
+        &format!("{MONITORING}{}", logging_section(&dir)),
+    ));
+    requests(d.proxy, 3);
+    let degraded = || {
+        call(d.status, "GET", "/health")
+            .text()
+            .contains("\"degraded\"")
+    };
+    assert!(eventually(Duration::from_secs(5), degraded));
+    // A reload while it fails (it clears the rest between tries), then the cause goes.
+    assert_eq!(call(d.status, "POST", "/reload").status, 200);
+    std::fs::remove_file(&logs).unwrap();
+    assert!(eventually(Duration::from_secs(10), || {
+        requests(d.proxy, 1);
+        !degraded()
+    }));
+    assert!(gz_lines_after_kill(&logs).len() >= 3);
+}

@@ -586,3 +586,52 @@ fn two_shards_write_their_own_files_and_traffic_reads_them_all() {
         "host\tclass\tn\nexample.com\t2xx\t40\n"
     );
 }
+
+/// `dispa traffic summary` reads the per-minute rollups; with `--status` it reads rows:
+/// both count the same requests.
+#[test]
+fn summary_from_rollups_counts_what_the_rows_hold() {
+    let b = Backend::named("b");
+    let dir = scratch_dir("rec-rollups");
+    let p = proxy(&recording_config(&[b.addr], &dir, ""));
+    for i in 0..25 {
+        let host = if i % 5 == 0 {
+            "a.test.com"
+        } else {
+            "example.com"
+        };
+        assert_eq!(get(p.local_addr(), host, "/").status, 200);
+    }
+    assert_eq!(get(p.local_addr(), "nope.org", "/").status, 404);
+    drop(p);
+    let db = dir.join("traffic.db");
+    let summary = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(["traffic", "summary", "--by-domain", "--db"])
+            .arg(&db)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let rollups = summary(&["--since", "1h"]);
+    let count = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(count(&rollups, "example.com"), 20, "{rollups}");
+    assert_eq!(count(&rollups, "a.test.com"), 5, "{rollups}");
+    assert_eq!(count(&rollups, "nope.org"), 1, "{rollups}");
+    let rows = summary(&["--status", "200"]);
+    assert_eq!(count(&rows, "example.com"), 20, "{rows}");
+    let minutes: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT sum(requests) FROM requests_per_minute", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(minutes, 26);
+}
