@@ -323,67 +323,68 @@ fn run_traffic(
             }
         },
     };
-    if let TrafficCommand::Generate { records, span } = &what {
-        let Some(span) = config::parse_duration_text(span) else {
-            eprintln!("--span: expected a duration like 1d: {span:?}");
-            return ExitCode::from(2);
-        };
-        return match dispa::logging::sqlite::generate(&path, *records, span) {
-            Ok(()) => {
-                println!("{}: {records} records", path.display());
+    // Run a read-only query on the store and print what it gives.
+    let query = |run: &dyn Fn(&rusqlite::Connection) -> rusqlite::Result<String>| {
+        let out = traffic::open(&path).and_then(|conn| run(&conn));
+        match out {
+            Ok(text) => {
+                println!("{}", text.trim_end());
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(1)
-            }
-        };
-    }
-    if let TrafficCommand::Tail {
-        lines,
-        follow: true,
-    } = what
-    {
-        use std::io::Write;
-        let mut stdout = std::io::stdout().lock();
-        let emit = |line: &str| {
-            writeln!(stdout, "{line}")
-                .and_then(|()| stdout.flush())
-                .is_ok()
-        };
-        return match traffic::follow(&path, filter, lines, emit) {
-            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("{}: {e}", path.display());
                 ExitCode::from(1)
             }
-        };
-    }
-    let conn = match traffic::open(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("cannot open {}: {e}", path.display());
-            return ExitCode::from(1);
         }
     };
-    let out = match what {
-        TrafficCommand::Tail { lines, .. } => traffic::tail(&conn, filter, lines),
-        TrafficCommand::Sql { query } => traffic::sql(&conn, &query),
-        TrafficCommand::Generate { .. } => unreachable!("handled above"),
+    match what {
+        TrafficCommand::Generate { records, span } => generate(&path, records, &span),
+        TrafficCommand::Tail {
+            lines,
+            follow: true,
+        } => follow(&path, filter, lines),
+        TrafficCommand::Tail { lines, .. } => query(&|c| traffic::tail(c, filter, lines)),
+        TrafficCommand::Sql { query: sql } => query(&|c| traffic::sql(c, &sql)),
         TrafficCommand::Summary { by_domain } => {
             let by = if by_domain {
                 traffic::By::Domain
             } else {
                 traffic::By::Target
             };
-            traffic::summary(&conn, filter, by)
+            query(&|c| traffic::summary(c, filter, by))
         }
+    }
+}
+
+/// `dispa traffic generate`.
+fn generate(path: &Path, records: u64, span: &str) -> ExitCode {
+    let Some(span) = config::parse_duration_text(span) else {
+        eprintln!("--span: expected a duration like 1d: {span:?}");
+        return ExitCode::from(2);
     };
-    match out {
-        Ok(text) => {
-            println!("{}", text.trim_end());
+    match dispa::logging::sqlite::generate(path, records, span) {
+        Ok(()) => {
+            println!("{}: {records} records", path.display());
             ExitCode::SUCCESS
         }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `dispa traffic tail -f`: until interrupted (or stdout closes).
+fn follow(path: &Path, filter: &traffic::Filter, lines: usize) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let emit = |line: &str| {
+        writeln!(stdout, "{line}")
+            .and_then(|()| stdout.flush())
+            .is_ok()
+    };
+    match traffic::follow(path, filter, lines, emit) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{}: {e}", path.display());
             ExitCode::from(1)
