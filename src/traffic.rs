@@ -139,6 +139,10 @@ fn latest(
     filter: &Filter,
     limit: usize,
 ) -> rusqlite::Result<Vec<(i64, String)>> {
+    let filtered = filter.host.is_some() || filter.target.is_some() || filter.status.is_some();
+    if filtered && has_rollups_table(conn) {
+        return latest_through_rollups(conn, filter, limit);
+    }
     let (clause, mut args) = filter.clause();
     let sql = format!(
         "SELECT {LINE_COLUMNS} FROM requests{clause} ORDER BY ts_ms DESC, rowid DESC LIMIT ?"
@@ -150,6 +154,75 @@ fn latest(
         .collect::<rusqlite::Result<Vec<_>>>()?;
     lines.reverse();
     Ok(lines)
+}
+
+/// Like [`latest`] for a filter on host, target or status, which the rows have no index
+/// for: the rollups say which minutes hold such requests (newest first), and only those
+/// minutes' rows are read, through the time index. Rollups are written at most a second
+/// after their rows, so the last second's requests may not show here yet.
+fn latest_through_rollups(
+    conn: &Connection,
+    filter: &Filter,
+    limit: usize,
+) -> rusqlite::Result<Vec<(i64, String)>> {
+    let mut sql = String::from("SELECT DISTINCT minute FROM requests_per_minute WHERE 1 = 1");
+    let mut args = Vec::new();
+    if let Some(h) = &filter.host {
+        sql += " AND host = ?";
+        args.push(Value::Text(h.to_ascii_lowercase()));
+    }
+    if let Some(t) = &filter.target {
+        sql += " AND target = ?";
+        args.push(Value::Text(t.clone()));
+    }
+    if let Some(s) = filter.status {
+        sql += " AND status_class = ?";
+        args.push(Value::Integer(i64::from(s / 100)));
+    }
+    if let Some(since) = filter.since {
+        let now = Duration::from_millis(crate::clock::unix_ms());
+        sql += " AND minute >= ?";
+        args.push(Value::Integer(
+            (now.saturating_sub(since).as_millis() / 60_000) as i64,
+        ));
+    }
+    sql += " ORDER BY minute DESC";
+    let minutes: Vec<i64> = conn
+        .prepare(&sql)?
+        .query_map(params_from_iter(args), |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let (clause, args) = filter.clause();
+    let mut rows_sql = conn.prepare(&format!(
+        "SELECT {LINE_COLUMNS} FROM requests{clause} AND ts_ms >= ? AND ts_ms < ? \
+         ORDER BY ts_ms DESC, rowid DESC LIMIT ?"
+    ))?;
+    let mut lines = Vec::with_capacity(limit);
+    for minute in minutes {
+        if lines.len() >= limit {
+            break;
+        }
+        let mut args = args.clone();
+        args.push(Value::Integer(minute * 60_000));
+        args.push(Value::Integer((minute + 1) * 60_000));
+        args.push(Value::Integer((limit - lines.len()) as i64));
+        let found = rows_sql
+            .query_map(params_from_iter(args), line)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        lines.extend(found);
+    }
+    lines.reverse();
+    Ok(lines)
+}
+
+/// Whether the store (every shard of it) has the per-minute rollups.
+fn has_rollups_table(conn: &Connection) -> bool {
+    conn.query_row(
+        "SELECT 1 FROM sqlite_temp_master WHERE name = 'requests_per_minute' \
+         UNION ALL SELECT 1 FROM sqlite_master WHERE name = 'requests_per_minute'",
+        [],
+        |_| Ok(()),
+    )
+    .is_ok()
 }
 
 /// The latest `limit` requests matching `filter`, oldest first, one line each.
@@ -293,15 +366,7 @@ pub enum By {
 /// 12.5 %), or from the rows when filtering by exact status or when the store has no
 /// rollups yet.
 pub fn summary(conn: &Connection, filter: &Filter, by: By) -> rusqlite::Result<String> {
-    let rollups = conn
-        .query_row(
-            "SELECT 1 FROM sqlite_temp_master WHERE name = 'requests_per_minute' \
-             UNION ALL SELECT 1 FROM sqlite_master WHERE name = 'requests_per_minute'",
-            [],
-            |_| Ok(()),
-        )
-        .is_ok();
-    if rollups && filter.status.is_none() {
+    if has_rollups_table(conn) && filter.status.is_none() {
         return summary_from_rollups(conn, filter, by);
     }
     summary_from_rows(conn, filter, by)

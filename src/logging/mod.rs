@@ -945,6 +945,23 @@ mod speed {
             rounds,
             "present sqlite sink",
         );
+        // The present rows with fewer of their indexes.
+        let all = [
+            "requests_ts",
+            "requests_host_ts",
+            "requests_status_ts",
+            "requests_target_ts",
+        ];
+        for keep in [&all[..2], &all[..1], &[][..]] {
+            let path = dir.join(format!("keep-{}.db", keep.len()));
+            let conn = sqlite::open(&path).unwrap();
+            for index in all.iter().filter(|i| !keep.contains(i)) {
+                conn.execute_batch(&format!("DROP INDEX {index}")).unwrap();
+            }
+            drop(conn);
+            let label = format!("present rows, indexes {keep:?}");
+            time_sqlite_sink(&path, &mut records, rounds, &label);
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -52,6 +52,16 @@ const MIGRATIONS: &[&str] = &[
 ",
     // Version 3: per-minute rollups (`super::rollup`), filled from the rows there are.
     super::rollup::SCHEMA,
+    // Version 4: the rows keep only their time index. An index costs the logging thread
+    // 0.35-0.6 us per record (BENCHMARKS.md, "What one record costs"); a filtered
+    // `dispa traffic tail` finds its minutes through the rollups instead.
+    "
+    DROP INDEX requests_host_ts;
+    DROP INDEX requests_status_ts;
+    DROP INDEX requests_target_ts;
+    CREATE INDEX requests_per_minute_host ON requests_per_minute (host, minute);
+    CREATE INDEX requests_per_minute_target ON requests_per_minute (target, minute);
+",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

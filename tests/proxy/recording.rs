@@ -635,3 +635,42 @@ fn summary_from_rollups_counts_what_the_rows_hold() {
         .unwrap();
     assert_eq!(minutes, 26);
 }
+
+/// A filtered `tail` finds its rows through the rollups' minutes (the rows have no index
+/// on host or status): the newest matching requests, oldest first.
+#[test]
+fn filtered_tail_finds_the_newest_matching_requests() {
+    let b = Backend::named("b");
+    let dir = scratch_dir("rec-tail-filter");
+    let p = proxy(&recording_config(&[b.addr], &dir, ""));
+    for i in 0..30 {
+        let host = if i % 10 == 0 {
+            "a.test.com"
+        } else {
+            "example.com"
+        };
+        assert_eq!(get(p.local_addr(), host, &format!("/{i}")).status, 200);
+    }
+    assert_eq!(get(p.local_addr(), "nope.org", "/x").status, 404);
+    drop(p);
+    let tail = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(["traffic", "tail", "--db"])
+            .arg(dir.join("traffic.db"))
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let lines: Vec<String> = tail(&["--host", "a.test.com", "-n", "2"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].contains("a.test.com/10 "), "{lines:?}");
+    assert!(lines[1].contains("a.test.com/20 "), "{lines:?}");
+    let missing = tail(&["--status", "404"]);
+    assert_eq!(missing.lines().count(), 1, "{missing}");
+    assert!(missing.contains("nope.org/x"), "{missing}");
+    assert_eq!(tail(&["--host", "none.example"]).trim(), "");
+}
