@@ -75,8 +75,8 @@ pub fn default_shards(workers: usize) -> usize {
 }
 
 /// Workers one logging thread keeps up with at full load: a worker answers up to ~100k
-/// small requests/s, and one logging thread writes 280-300k records/s to both sinks
-/// (`pipeline`, below). 2 workers: 1 shard, 8: 3, 16: 6, 64: 22.
+/// small requests/s, and one logging thread writes ~390k records/s to both sinks
+/// (`pipeline`, below): three leave it headroom. 2 workers: 1 shard, 8: 3, 16: 6, 64: 22.
 pub const WORKERS_PER_SHARD: usize = 3;
 
 /// The running logging thread.
