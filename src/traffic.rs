@@ -44,6 +44,33 @@ impl Filter {
         }
         (sql, args)
     }
+
+    /// The same filter on the per-minute rollups: a status as its class, `since` as whole
+    /// minutes.
+    fn rollup_clause(&self) -> (String, Vec<Value>) {
+        let mut sql = String::from(" WHERE 1 = 1");
+        let mut args = Vec::new();
+        if let Some(h) = &self.host {
+            sql += " AND host = ?";
+            args.push(Value::Text(h.to_ascii_lowercase()));
+        }
+        if let Some(t) = &self.target {
+            sql += " AND target = ?";
+            args.push(Value::Text(t.clone()));
+        }
+        if let Some(s) = self.status {
+            sql += " AND status_class = ?";
+            args.push(Value::Integer(i64::from(s / 100)));
+        }
+        if let Some(since) = self.since {
+            let now = Duration::from_millis(crate::clock::unix_ms());
+            sql += " AND minute >= ?";
+            args.push(Value::Integer(
+                (now.saturating_sub(since).as_millis() / 60_000) as i64,
+            ));
+        }
+        (sql, args)
+    }
 }
 
 /// Open the store at `path` read-only. With several logging shards, their files beside it
@@ -165,27 +192,8 @@ fn latest_through_rollups(
     filter: &Filter,
     limit: usize,
 ) -> rusqlite::Result<Vec<(i64, String)>> {
-    let mut sql = String::from("SELECT DISTINCT minute FROM requests_per_minute WHERE 1 = 1");
-    let mut args = Vec::new();
-    if let Some(h) = &filter.host {
-        sql += " AND host = ?";
-        args.push(Value::Text(h.to_ascii_lowercase()));
-    }
-    if let Some(t) = &filter.target {
-        sql += " AND target = ?";
-        args.push(Value::Text(t.clone()));
-    }
-    if let Some(s) = filter.status {
-        sql += " AND status_class = ?";
-        args.push(Value::Integer(i64::from(s / 100)));
-    }
-    if let Some(since) = filter.since {
-        let now = Duration::from_millis(crate::clock::unix_ms());
-        sql += " AND minute >= ?";
-        args.push(Value::Integer(
-            (now.saturating_sub(since).as_millis() / 60_000) as i64,
-        ));
-    }
+    let (clause, args) = filter.rollup_clause();
+    let mut sql = format!("SELECT DISTINCT minute FROM requests_per_minute{clause}");
     sql += " ORDER BY minute DESC";
     let minutes: Vec<i64> = conn
         .prepare(&sql)?
@@ -381,25 +389,10 @@ fn summary_from_rollups(conn: &Connection, filter: &Filter, by: By) -> rusqlite:
         By::Target => "target",
         By::Domain => "host",
     };
+    let (clause, args) = filter.rollup_clause();
     let mut sql = format!(
-        "SELECT {column}, status_class, requests, latency FROM requests_per_minute WHERE 1 = 1"
+        "SELECT {column}, status_class, requests, latency FROM requests_per_minute{clause}"
     );
-    let mut args = Vec::new();
-    if let Some(h) = &filter.host {
-        sql += " AND host = ?";
-        args.push(Value::Text(h.to_ascii_lowercase()));
-    }
-    if let Some(t) = &filter.target {
-        sql += " AND target = ?";
-        args.push(Value::Text(t.clone()));
-    }
-    if let Some(since) = filter.since {
-        let now = Duration::from_millis(crate::clock::unix_ms());
-        sql += " AND minute >= ?";
-        args.push(Value::Integer(
-            (now.saturating_sub(since).as_millis() / 60_000) as i64,
-        ));
-    }
     sql += &format!(" ORDER BY {column}");
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map(params_from_iter(args), |r| {

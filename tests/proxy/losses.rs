@@ -39,6 +39,13 @@ fn stop(mut child: Spawned) {
     assert_eq!(status.code(), Some(0));
 }
 
+/// Wait until `n` records are in the gzip files of `logs` and in the database `db`.
+fn wait_recorded(logs: &Path, db: &Path, n: usize) {
+    assert!(eventually(Duration::from_secs(5), || {
+        gz_lines_after_kill(logs).len() == n && db_count(db) == n as i64
+    }));
+}
+
 fn files_in(dir: &Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |d| d.count())
 }
@@ -50,12 +57,7 @@ fn records_after_the_files_are_deleted_land_in_new_files() {
     let (logs, db) = (dir.join("logs"), dir.join("traffic.db"));
     let (child, proxy, _) = recording_binary(&dir, b.addr);
     requests(proxy, 30);
-    assert!(eventually(Duration::from_secs(5), || gz_lines_after_kill(
-        &logs
-    )
-    .len()
-        == 30
-        && db_count(&db) == 30));
+    wait_recorded(&logs, &db, 30);
     for f in std::fs::read_dir(&logs).unwrap() {
         std::fs::remove_file(f.unwrap().path()).unwrap();
     }
@@ -75,12 +77,7 @@ fn sigusr1_starts_new_files_and_moved_files_keep_their_records() {
     let (logs, db) = (dir.join("logs"), dir.join("traffic.db"));
     let (child, proxy, _) = recording_binary(&dir, b.addr);
     requests(proxy, 10);
-    assert!(eventually(Duration::from_secs(5), || gz_lines_after_kill(
-        &logs
-    )
-    .len()
-        == 10
-        && db_count(&db) == 10));
+    wait_recorded(&logs, &db, 10);
     assert_eq!(files_in(&logs), 1);
     // A rotation tool moves the database away, then tells Dispa.
     let moved = dir.join("traffic.old.db");
