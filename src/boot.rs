@@ -78,7 +78,7 @@ impl Running {
         &self.parts.snapshot
     }
 
-    /// The first logging thread's counters (the only one up to three workers).
+    /// The first logging thread's counters (the only one by default up to three workers).
     pub fn logging_stats(&self) -> &Arc<LoggingStats> {
         self.parts.logging[0].stats()
     }
@@ -176,7 +176,7 @@ pub fn start(config: Config, workers: Option<usize>) -> Result<Running, Error> {
         0 => logging::default_shards(count),
         n => n,
     }
-    .min(count);
+    .clamp(1, count.min(crate::config::MAX_SHARDS));
     let mut stopper = Stopper {
         workers: Vec::with_capacity(count),
         loggers: Vec::with_capacity(shards),

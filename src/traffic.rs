@@ -1,6 +1,7 @@
 //! `dispa traffic`: read the SQLite traffic store — the latest requests with filters, and
 //! a summary per target or domain (requests, error rate, p50/p99 latency).
 
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::path::Path;
 use std::time::Duration;
@@ -116,15 +117,20 @@ fn has_rollups(conn: &Connection, schemas: &[String]) -> bool {
     })
 }
 
-/// Attach the files of shards 1, 2, ... that exist beside `path`; returns the schema name
-/// of every shard, `main` first.
+/// The files of shards 1, 2, ... that exist beside `path` (a shard writes its file only
+/// once it has records, so one may be missing while a later one is there).
+fn shard_files(path: &Path) -> Vec<(usize, std::path::PathBuf)> {
+    (1..crate::config::MAX_SHARDS)
+        .map(|index| (index, shard_database_path(path, index)))
+        .filter(|(_, p)| p.exists())
+        .collect()
+}
+
+/// Attach the files of the other shards beside `path`; returns the schema name of every
+/// shard, `main` first.
 fn attach_shards(conn: &Connection, path: &Path) -> rusqlite::Result<Vec<String>> {
     let mut schemas = vec!["main".to_string()];
-    for index in 1..1024 {
-        let shard = shard_database_path(path, index);
-        if !shard.exists() {
-            break;
-        }
+    for (index, shard) in shard_files(path) {
         let schema = format!("s{index}");
         conn.execute(
             "ATTACH DATABASE ?1 AS ?2",
@@ -222,15 +228,16 @@ fn latest_through_rollups(
     Ok(lines)
 }
 
-/// Whether the store (every shard of it) has the per-minute rollups.
+/// Whether the store has the per-minute rollups in every shard: the view `open` made over
+/// all of them, or the one file's table when there is one shard. (A shard file Dispa has
+/// not opened since version 3 has none; then the rows are read.)
 fn has_rollups_table(conn: &Connection) -> bool {
-    conn.query_row(
-        "SELECT 1 FROM sqlite_temp_master WHERE name = 'requests_per_minute' \
-         UNION ALL SELECT 1 FROM sqlite_master WHERE name = 'requests_per_minute'",
-        [],
-        |_| Ok(()),
-    )
-    .is_ok()
+    let found = |sql: &str| conn.query_row(sql, [], |_| Ok(())).is_ok();
+    if found("SELECT 1 FROM sqlite_temp_master WHERE name = 'requests_per_minute'") {
+        return true;
+    }
+    let attached = found("SELECT 1 FROM pragma_database_list WHERE name NOT IN ('main', 'temp')");
+    !attached && found("SELECT 1 FROM sqlite_master WHERE name = 'requests_per_minute'")
 }
 
 /// The latest `limit` requests matching `filter`, oldest first, one line each.
@@ -245,18 +252,16 @@ pub fn tail(conn: &Connection, filter: &Filter, limit: usize) -> rusqlite::Resul
 
 /// `tail -f`: the latest `limit` requests, then every matching request as it is written
 /// (polled every [`FOLLOW_POLL`]), given to `emit` line by line while `emit` returns
-/// true. Each shard's file is followed by its own rowids; a database file replaced at its
-/// path (deleted, rotated) is followed to the new one.
+/// true. Each shard's file is followed by its own rowids and its identity (device and
+/// inode): a file replaced at its path (deleted, rotated) is read from its start, the
+/// others go on where they were, and a shard file that appears later is read too.
 pub fn follow(
     path: &Path,
     filter: &Filter,
     limit: usize,
     mut emit: impl FnMut(&str) -> bool,
 ) -> rusqlite::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let file_id = || std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
     let mut conn = open(path)?;
-    let mut id = file_id();
     for (_, l) in latest(&conn, filter, limit)? {
         if !emit(&l) {
             return Ok(());
@@ -268,25 +273,30 @@ pub fn follow(
         ..filter.clone()
     };
     let (clause, args) = filter.clause();
-    let mut last = last_rowids(&conn)?;
+    let mut files = shard_identities(path);
+    let mut last: HashMap<String, i64> = newest_rowids(&conn, &files);
     loop {
         std::thread::sleep(FOLLOW_POLL);
-        if file_id() != id {
-            // A new file at the path: every row in it is new.
+        let now = shard_identities(path);
+        if now != files {
+            // A shard file replaced or new: reopen with every file attached; a replaced
+            // or new file is read from its start, the others where they were.
             let Ok(reopened) = open(path) else { continue };
-            (conn, id) = (reopened, file_id());
-            last = last_rowids(&conn)?
-                .into_iter()
-                .map(|(schema, _)| (schema, 0))
-                .collect();
+            conn = reopened;
+            let id_in = |list: &[(String, Option<(u64, u64)>)], schema: &str| {
+                list.iter().find(|(s, _)| s == schema).map(|(_, id)| *id)
+            };
+            last.retain(|schema, _| id_in(&files, schema) == id_in(&now, schema));
+            files = now;
         }
-        for (schema, last) in &mut last {
+        for (schema, _) in &files {
             let sql = format!(
                 "SELECT {LINE_COLUMNS} FROM {schema}.requests{clause} AND rowid > ? ORDER BY rowid"
             );
             let Ok(mut stmt) = conn.prepare_cached(&sql) else {
                 continue; // not created yet
             };
+            let last = last.entry(schema.clone()).or_insert(0);
             let mut args = args.clone();
             args.push(Value::Integer(*last));
             let rows = stmt
@@ -302,28 +312,32 @@ pub fn follow(
     }
 }
 
-/// Each shard's schema name and its newest rowid.
-fn last_rowids(conn: &Connection) -> rusqlite::Result<Vec<(String, i64)>> {
-    let mut schemas = vec!["main".to_string()];
-    schemas.extend((1..).map(|k| format!("s{k}")).take_while(|s| {
-        conn.query_row(
-            "SELECT 1 FROM pragma_database_list WHERE name = ?1",
-            [s],
-            |_| Ok(()),
-        )
-        .is_ok()
-    }));
-    schemas
-        .into_iter()
-        .map(|s| {
-            let max = conn
-                .query_row(
-                    &format!("SELECT coalesce(max(rowid), 0) FROM {s}.requests"),
-                    [],
-                    |r| r.get(0),
-                )
-                .unwrap_or(0);
-            Ok((s, max))
+/// Each shard's schema name (as `open` attaches it) and its file's identity.
+fn shard_identities(path: &Path) -> Vec<(String, Option<(u64, u64)>)> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let mut files = vec![("main".to_string(), id(path))];
+    files.extend(
+        shard_files(path)
+            .into_iter()
+            .map(|(k, p)| (format!("s{k}"), id(&p))),
+    );
+    files
+}
+
+/// The newest rowid of each shard in `files`.
+fn newest_rowids(
+    conn: &Connection,
+    files: &[(String, Option<(u64, u64)>)],
+) -> HashMap<String, i64> {
+    files
+        .iter()
+        .map(|(s, _)| {
+            let sql = format!("SELECT coalesce(max(rowid), 0) FROM {s}.requests");
+            (
+                s.clone(),
+                conn.query_row(&sql, [], |r| r.get(0)).unwrap_or(0),
+            )
         })
         .collect()
 }

@@ -9,8 +9,8 @@ use toml::{Table, Value};
 
 use super::{
     Algorithm, Capture, Config, DatabaseSink, Domains, FieldError, FileSink, HealthCheck, IoDriver,
-    Limits, Logging, MAX_CAPTURE_BODY, Monitoring, Rotation, Server, Sinks, Target, Targets,
-    Timeouts, Upstream, UringFlags,
+    Limits, Logging, MAX_CAPTURE_BODY, MAX_SHARDS, Monitoring, Rotation, Server, Sinks, Target,
+    Targets, Timeouts, Upstream, UringFlags,
 };
 
 /// Decode the whole file. Returns `None` only when a required section is missing entirely
@@ -120,7 +120,7 @@ fn logging(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Logging {
     };
     let queue_size = s.uint("queue_size", 65536, 16, 16 << 20, errors) as usize;
     let max_backlog = s.uint("max_backlog", 262_144, 0, 64 << 20, errors) as usize;
-    let shards = s.uint("shards", 0, 0, 1024, errors) as usize;
+    let shards = s.uint("shards", 0, 0, MAX_SHARDS as u64, errors) as usize;
     let capture = capture(s.table("capture", errors), errors);
     s.finish(errors);
     Logging {

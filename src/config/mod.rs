@@ -13,6 +13,10 @@ use std::time::Duration;
 
 pub use crate::balance::Algorithm;
 pub use file::parse_duration_text;
+
+/// The most logging shards: `dispa traffic` attaches every shard's SQLite file to one
+/// connection, and Dispa's SQLite is built to allow 125 (`.cargo/config.toml`).
+pub const MAX_SHARDS: usize = 125;
 pub use snapshot::{Snapshot, TargetSpec};
 
 /// A fully validated configuration. Only [`load`] and [`parse`] build one.
@@ -46,7 +50,8 @@ pub struct Logging {
     /// the oldest are lost, and counted.
     pub max_backlog: usize,
     /// Logging threads, each serving a group of workers with its own queue, files and
-    /// SQLite file; 0: one per three workers. Takes effect at start only.
+    /// SQLite file; 0: one per three workers. At most [`MAX_SHARDS`]. Takes effect at
+    /// start only.
     pub shards: usize,
     pub capture: Capture,
 }

@@ -258,7 +258,10 @@ impl FileSink {
                 !old
             });
         }
-        let max_total = self.settings.max_total_size / self.shards as u64;
+        let max_total = match self.settings.max_total_size {
+            0 => 0,
+            total => (total / self.shards as u64).max(1),
+        };
         if max_total > 0 {
             let current = self.current.as_ref().map_or(0, |c| c.written);
             let mut total: u64 = ours.iter().map(|(_, len, _)| len).sum::<u64>() + current;

@@ -369,6 +369,7 @@ impl Writer {
                 self.flush();
                 deadline = now + self.settings.flush_interval;
             }
+            self.rollups_tick(now);
             if now >= next_retention {
                 // Rows left over (more than a pass deletes): come back soon, not in a minute.
                 let behind = self.retention();
@@ -407,6 +408,16 @@ impl Writer {
     fn apply(&mut self, settings: Logging) {
         self.finish_rollups();
         let settings = self.shard.settings(settings);
+        // A sink the operator took out: what waits for it will never be written.
+        let stats = &*self.stats;
+        if !settings.sinks.file() {
+            self.file_backlog.give_up(&SinkCounters::file(stats));
+            SinkCounters::file(stats).set_failing(None);
+        }
+        if !settings.sinks.database() {
+            self.db_backlog.give_up(&SinkCounters::database(stats));
+            SinkCounters::database(stats).set_failing(None);
+        }
         self.file.reconfigure(settings.file.clone());
         self.db.reconfigure(settings.database.clone());
         self.file_backlog.retry_at = None;
@@ -453,6 +464,18 @@ impl Writer {
             self.file_backlog.give_up(&SinkCounters::file(stats));
             self.db_backlog.give_up(&SinkCounters::database(stats));
             self.finish_rollups();
+        }
+    }
+
+    /// The rollups of rows written, into the database when they are due (not while it
+    /// rests after a failure).
+    fn rollups_tick(&mut self, now: Instant) {
+        let resting = self.db_backlog.retry_at.is_some_and(|t| now < t);
+        if self.settings.sinks.database()
+            && !resting
+            && let Err(e) = self.db.tick()
+        {
+            tracing::debug!("traffic database {e}");
         }
     }
 

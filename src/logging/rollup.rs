@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::msg::{RecordText, TrafficRecord};
 
@@ -48,9 +48,10 @@ pub fn slot_range(i: usize) -> (u64, u64) {
     (low, low + (1 << (e - 3)))
 }
 
-/// A latency histogram over [`SLOTS`] slots.
+/// A latency histogram over [`SLOTS`] slots (stored as u32 counts per minute and group;
+/// summed over many minutes in u64).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Latency(pub Vec<u32>);
+pub struct Latency(pub Vec<u64>);
 
 impl Default for Latency {
     fn default() -> Self {
@@ -69,15 +70,18 @@ impl Latency {
         }
     }
 
-    /// Little-endian counts, as stored.
+    /// Little-endian u32 counts, as stored (one minute of one group never reaches 2^32).
     pub fn to_blob(&self) -> Vec<u8> {
-        self.0.iter().flat_map(|c| c.to_le_bytes()).collect()
+        self.0
+            .iter()
+            .flat_map(|&c| (c.min(u64::from(u32::MAX)) as u32).to_le_bytes())
+            .collect()
     }
 
     pub fn from_blob(blob: &[u8]) -> Latency {
         let mut h = Latency::default();
         for (slot, bytes) in h.0.iter_mut().zip(blob.chunks_exact(4)) {
-            *slot = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            *slot = u64::from(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]));
         }
         h
     }
@@ -85,14 +89,14 @@ impl Latency {
     /// The duration (µs, the middle of its slot) below which a fraction `q` of the
     /// requests fall; 0 when there are none.
     pub fn quantile(&self, q: f64) -> f64 {
-        let total: u64 = self.0.iter().map(|&c| u64::from(c)).sum();
+        let total: u64 = self.0.iter().sum();
         if total == 0 {
             return 0.0;
         }
         let rank = ((total as f64 - 1.0) * q).round() as u64;
         let mut seen = 0u64;
         for (i, &c) in self.0.iter().enumerate() {
-            seen += u64::from(c);
+            seen += c;
             if seen > rank {
                 let (low, high) = slot_range(i);
                 return (low + high - 1) as f64 / 2.0;
@@ -154,6 +158,16 @@ impl Pending {
         self.groups.clear();
     }
 
+    /// Merge everything into the table in a transaction of its own (the caller clears).
+    pub fn write_committed(&self, conn: &mut Connection) -> rusqlite::Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let tx = conn.transaction()?;
+        self.write(&tx)?;
+        tx.commit()
+    }
+
     /// Merge everything into the table, in the caller's transaction (the caller clears
     /// it once that transaction has committed).
     pub fn write(&self, conn: &Connection) -> rusqlite::Result<()> {
@@ -176,7 +190,7 @@ impl Pending {
                         r.get::<_, Vec<u8>>(2)?,
                     ))
                 })
-                .ok();
+                .optional()?;
             if let Some((requests, duration, latency)) = old {
                 g.requests += requests as u64;
                 g.duration_us += duration as u64;

@@ -56,9 +56,9 @@ const MIGRATIONS: &[&str] = &[
     // 0.35-0.6 us per record (BENCHMARKS.md, "What one record costs"); a filtered
     // `dispa traffic tail` finds its minutes through the rollups instead.
     "
-    DROP INDEX requests_host_ts;
-    DROP INDEX requests_status_ts;
-    DROP INDEX requests_target_ts;
+    DROP INDEX IF EXISTS requests_host_ts;
+    DROP INDEX IF EXISTS requests_status_ts;
+    DROP INDEX IF EXISTS requests_target_ts;
     CREATE INDEX requests_per_minute_host ON requests_per_minute (host, minute);
     CREATE INDEX requests_per_minute_target ON requests_per_minute (target, minute);
 ",
@@ -74,7 +74,7 @@ const COLUMNS: &str = "id, ts_ms, client, worker, method, scheme, host, path, qu
 /// Parameters per row.
 const PARAMS: usize = 24;
 
-/// Rows per `INSERT` statement: a statement's setup (cursors on the table and its four
+/// Rows per `INSERT` statement: a statement's setup (cursors on the table and its
 /// indexes, the bindings' reset) is paid once for all of them. `OR FAIL` because a
 /// multi-row `INSERT` with the default `ABORT` keeps a statement journal to undo its
 /// earlier rows, which costs more than the rows (and no row here can violate a
@@ -118,18 +118,37 @@ fn sidecar(path: &Path, suffix: &str) -> std::path::PathBuf {
 }
 
 /// Where the file with device and inode `id`, open in this process, is now (`None`: it
-/// was deleted, or is not open).
-fn open_path_of(id: (u64, u64)) -> Option<std::path::PathBuf> {
+/// was deleted; an error: this process's open files could not be listed).
+fn open_path_of(id: (u64, u64)) -> std::io::Result<Option<std::path::PathBuf>> {
     use std::os::unix::fs::MetadataExt;
-    for fd in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
-        let link = fd.path();
+    for fd in std::fs::read_dir("/proc/self/fd")? {
+        let link = fd?.path();
         if std::fs::metadata(&link).is_ok_and(|m| (m.dev(), m.ino()) == id) {
-            let target = std::fs::read_link(&link).ok()?;
+            let target = std::fs::read_link(&link)?;
             let deleted = target.to_string_lossy().ends_with(" (deleted)");
-            return (!deleted).then_some(target);
+            return Ok((!deleted).then_some(target));
         }
     }
-    None
+    Ok(None)
+}
+
+/// A database moved away while open: its WAL, still at the old path, goes beside it and is
+/// checkpointed into it, with the rollups of its rows. (Nothing to move when the WAL went
+/// with it.)
+fn settle_moved(
+    wal: &Path,
+    shm: &Path,
+    moved: &Path,
+    rollups: &super::rollup::Pending,
+) -> Result<(), String> {
+    if wal.exists() {
+        std::fs::rename(wal, sidecar(moved, "-wal")).map_err(|e| format!("move its WAL: {e}"))?;
+        let _ = std::fs::remove_file(shm);
+    }
+    let mut c = Connection::open(moved).map_err(|e| e.to_string())?;
+    rollups.write_committed(&mut c).map_err(|e| e.to_string())?;
+    c.pragma_update(None, "wal_checkpoint", "TRUNCATE")
+        .map_err(|e| e.to_string())
 }
 
 /// Device and inode of the file at `path`, if there is one.
@@ -189,8 +208,9 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 pub struct SqliteSink {
     settings: Settings,
     conn: Option<Connection>,
-    /// Rollups of the rows written, not in the table yet (written at most every
-    /// [`ROLLUP_EVERY`], in the transaction of a batch, and by [`SqliteSink::finish`]).
+    /// Rollups of the rows written, not in the table yet (written every [`ROLLUP_EVERY`],
+    /// in the transaction of a batch or by [`SqliteSink::tick`], and by
+    /// [`SqliteSink::finish`]).
     rollups: super::rollup::Pending,
     rollups_written: std::time::Instant,
     /// Device and inode of the database file opened: when the path no longer names it
@@ -280,39 +300,50 @@ impl SqliteSink {
 
     /// Close the connection (after an error, or SIGUSR1); the next batch opens it again.
     pub fn reset(&mut self) {
-        let Some(conn) = self.conn.take() else {
+        let Some(mut conn) = self.conn.take() else {
             return;
         };
-        let path = &self.settings.path;
-        if file_id(path) == Some(self.id) {
-            return; // closing checkpoints the WAL into the file, as usual
+        let path = self.settings.path.clone();
+        if file_id(&path) == Some(self.id) {
+            // The rollups of its rows go into it; closing checkpoints the WAL, as usual.
+            if let Err(e) = self.rollups.write_committed(&mut conn) {
+                tracing::warn!(path = %path.display(), "rollups not written: {e}");
+            }
+            self.rollups.clear();
+            return;
         }
         // SQLite neither writes to nor checkpoints a database file that was moved or
         // deleted while open: the rows of the last batches stay in `<path>-wal`, which a
-        // new file at `path` would take for its own. Give the WAL to the file it belongs to.
+        // new file at `path` would take for its own. Give the WAL (and the rollups of its
+        // rows) to the file it belongs to.
         let now_at = open_path_of(self.id);
         drop(conn);
-        let (wal, shm) = (sidecar(path, "-wal"), sidecar(path, "-shm"));
-        match now_at {
-            Some(moved) => {
+        let (wal, shm) = (sidecar(&path, "-wal"), sidecar(&path, "-shm"));
+        let settled = match &now_at {
+            Ok(Some(moved)) => {
                 tracing::warn!(from = %path.display(), to = %moved.display(), "traffic database moved: its last rows follow it, a new one starts");
-                let settled = std::fs::rename(&wal, sidecar(&moved, "-wal"))
-                    .and_then(|()| std::fs::remove_file(&shm).or(Ok(())))
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| {
-                        let c = Connection::open(&moved).map_err(|e| e.to_string())?;
-                        c.pragma_update(None, "wal_checkpoint", "TRUNCATE")
-                            .map_err(|e| e.to_string())
-                    });
-                if let Err(e) = settled {
-                    tracing::error!(path = %moved.display(), "moving the last rows of the traffic database: {e}");
-                }
+                settle_moved(&wal, &shm, moved, &self.rollups)
             }
-            None => {
-                // Deleted: its rows went with it, and its WAL must not become the new file's.
+            Ok(None) => {
+                // Deleted: its rows (and their rollups) went with it.
                 tracing::warn!(path = %path.display(), "traffic database deleted: creating it again");
-                let _ = std::fs::remove_file(&wal);
-                let _ = std::fs::remove_file(&shm);
+                Ok(())
+            }
+            Err(e) => Err(format!("cannot tell where it went: {e}")),
+        };
+        self.rollups.clear();
+        if let Err(e) = settled {
+            tracing::error!(path = %path.display(), "the last rows of the moved traffic database are lost: {e}");
+        }
+        // Whatever happened, no WAL of the old file may stay where the new one will be.
+        for sidecar in [&wal, &shm] {
+            if sidecar.exists() && std::fs::remove_file(sidecar).is_err() {
+                let aside = format!(
+                    "{}.orphaned-{}",
+                    sidecar.display(),
+                    crate::clock::unix_secs()
+                );
+                let _ = std::fs::rename(sidecar, aside);
             }
         }
     }
@@ -361,13 +392,22 @@ impl SqliteSink {
         let path = self.settings.path.clone();
         self.conn()?;
         let conn = self.conn.as_mut().expect("opened above");
-        let tx = conn
-            .transaction()
+        self.rollups
+            .write_committed(conn)
             .map_err(|e| SinkError::new("rollups into", &path, e))?;
-        let written = self.rollups.write(&tx).and_then(|()| tx.commit());
-        written.map_err(|e| SinkError::new("rollups into", &path, e))?;
         self.rollups.clear();
+        self.rollups_written = std::time::Instant::now();
         Ok(())
+    }
+
+    /// Write the rollups not written yet once [`ROLLUP_EVERY`] has passed since the last
+    /// time, also when no batch comes (traffic stopped): `summary` is never more than
+    /// about a second behind the rows.
+    pub fn tick(&mut self) -> Result<(), SinkError> {
+        if self.rollups_written.elapsed() < ROLLUP_EVERY {
+            return Ok(());
+        }
+        self.finish()
     }
 
     fn insert(
@@ -447,6 +487,14 @@ impl SqliteSink {
 /// hosts, 4 targets, 1,000 paths, 2 % 5xx), through this sink in batches of 4,096, rollups
 /// included: `dispa traffic generate`, for measuring queries on a large store.
 pub fn generate(path: &Path, n: u64, span: Duration) -> Result<(), SinkError> {
+    if path.exists() {
+        // Never made-up records in a real store.
+        return Err(SinkError::new(
+            "generate into",
+            path,
+            "it exists: give a new path",
+        ));
+    }
     let mut sink = SqliteSink::new(Settings {
         path: path.to_path_buf(),
         retention_days: 0,

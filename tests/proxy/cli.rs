@@ -290,3 +290,44 @@ fn traffic_tail_follow_prints_new_requests_as_they_are_recorded() {
         );
     }
 }
+
+/// `dispa traffic` attaches every shard file it finds, more than SQLite's default of 10
+/// and past a missing one.
+#[test]
+fn traffic_reads_many_shard_files_past_a_missing_one() {
+    let dir = scratch_dir("many-shards");
+    let db = dir.join("traffic.db");
+    let mut files = vec![db.clone()];
+    files.extend((2..=12).map(|k| dir.join(format!("traffic.s{k}.db"))));
+    for f in &files {
+        let out = Command::new(BIN)
+            .args(["traffic", "generate", "-n", "10", "--db"])
+            .arg(f)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The generator never writes into an existing store.
+    let again = Command::new(BIN)
+        .args(["traffic", "generate", "-n", "10", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    let out = Command::new(BIN)
+        .args(["traffic", "sql", "--db"])
+        .arg(&db)
+        .arg("SELECT count(*) AS n FROM requests; SELECT sum(requests) AS n FROM requests_per_minute")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "n\n120\nn\n120\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

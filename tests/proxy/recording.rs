@@ -674,3 +674,33 @@ fn filtered_tail_finds_the_newest_matching_requests() {
     assert!(missing.contains("nope.org/x"), "{missing}");
     assert_eq!(tail(&["--host", "none.example"]).trim(), "");
 }
+
+/// The rollups follow their rows within about a second also when traffic stops (no later
+/// batch carries them).
+#[test]
+fn rollups_follow_their_rows_without_more_traffic() {
+    let b = Backend::named("b");
+    let dir = scratch_dir("rec-rollup-tick");
+    let p = proxy(&recording_config(&[b.addr], &dir, ""));
+    for _ in 0..5 {
+        assert_eq!(get(p.local_addr(), "example.com", "/").status, 200);
+    }
+    let db = dir.join("traffic.db");
+    let rolled_up = || {
+        rusqlite::Connection::open(&db)
+            .and_then(|c| {
+                c.query_row(
+                    "SELECT coalesce(sum(requests), 0) FROM requests_per_minute",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .unwrap_or(0)
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || rolled_up() == 5),
+        "{}",
+        rolled_up()
+    );
+    drop(p);
+}
