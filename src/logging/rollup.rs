@@ -114,13 +114,12 @@ pub struct Aggregate {
     pub latency: Latency,
 }
 
-/// (minute, host, target, status class).
-type Key = (i64, String, String, u8);
-
-/// What a logging thread has counted and not yet written.
+/// What a logging thread has counted and not yet written: by host, then target, then
+/// (minute, status class). Looked up with the record's own strings: a string is copied
+/// only for a host or target not seen since the last write (this runs per record).
 #[derive(Debug, Default)]
 pub struct Pending {
-    groups: HashMap<Key, Aggregate>,
+    groups: HashMap<String, HashMap<String, Vec<((i64, u8), Aggregate)>>>,
 }
 
 impl Pending {
@@ -137,13 +136,23 @@ impl Pending {
     }
 
     pub fn add_one(&mut self, minute: i64, host: &str, target: &str, status: u16, us: u64) {
-        let key = (
-            minute,
-            host.to_string(),
-            target.to_string(),
-            (status / 100) as u8,
-        );
-        let g = self.groups.entry(key).or_default();
+        if !self.groups.contains_key(host) {
+            self.groups.insert(host.to_string(), HashMap::new());
+        }
+        let targets = self.groups.get_mut(host).expect("inserted above");
+        if !targets.contains_key(target) {
+            targets.insert(target.to_string(), Vec::new());
+        }
+        let cells = targets.get_mut(target).expect("inserted above");
+        let key = (minute, (status / 100) as u8);
+        let i = match cells.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                cells.push((key, Aggregate::default()));
+                cells.len() - 1
+            }
+        };
+        let g = &mut cells[i].1;
         g.requests += 1;
         g.duration_us += us;
         g.latency.add(us);
@@ -180,7 +189,12 @@ impl Pending {
              (minute, host, target, status_class, requests, duration_us, latency) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
-        for ((minute, host, target, class), g) in &self.groups {
+        let cells = self.groups.iter().flat_map(|(host, targets)| {
+            targets.iter().flat_map(move |(target, cells)| {
+                cells.iter().map(move |(key, g)| (host, target, key, g))
+            })
+        });
+        for (host, target, &(minute, class), g) in cells {
             let mut g = g.clone();
             let old = read
                 .query_row(params![minute, host, target, class], |r| {
