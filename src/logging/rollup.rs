@@ -119,8 +119,11 @@ pub struct Aggregate {
 /// only for a host or target not seen since the last write (this runs per record).
 #[derive(Debug, Default)]
 pub struct Pending {
-    groups: HashMap<String, HashMap<String, Vec<((i64, u8), Aggregate)>>>,
+    groups: HashMap<String, HashMap<String, Cells>>,
 }
+
+/// One host and target's aggregates by (minute, status class): a handful.
+type Cells = Vec<((i64, u8), Aggregate)>;
 
 impl Pending {
     pub fn add(&mut self, records: &[TrafficRecord]) {
