@@ -39,6 +39,23 @@ fn stop(mut child: Spawned) {
     assert_eq!(status.code(), Some(0));
 }
 
+/// Dispa with its control thread, recording to a `logs` directory where a file stands
+/// (every write fails, even as root); returns it and that path.
+fn with_unwritable_logs(
+    backend: std::net::SocketAddr,
+    name: &str,
+) -> (Controlled, std::path::PathBuf) {
+    let dir = scratch_dir(name);
+    let logs = dir.join("logs");
+    std::fs::write(&logs, "not a directory").unwrap();
+    let d = controlled(&config(
+        &[backend],
+        "round_robin",
+        &format!("{MONITORING}{}", logging_section(&dir)),
+    ));
+    (d, logs)
+}
+
 /// Wait until `n` records are in the gzip files of `logs` and in the database `db`.
 fn wait_recorded(logs: &Path, db: &Path, n: usize) {
     assert!(eventually(Duration::from_secs(5), || {
@@ -138,15 +155,7 @@ fn records_wait_while_another_process_holds_the_database_lock() {
 #[test]
 fn a_failing_sink_names_the_operation_and_path_in_health_and_metrics() {
     let b = Backend::named("b");
-    let dir = scratch_dir("lost-names");
-    let logs = dir.join("logs");
-    // A file where the directory should be: every write fails, even as root.
-    std::fs::write(&logs, "not a directory").unwrap();
-    let d = controlled(&config(
-        &[b.addr],
-        "round_robin",
-        &format!("{MONITORING}{}", logging_section(&dir)),
-    ));
+    let (d, logs) = with_unwritable_logs(b.addr, "lost-names");
     requests(d.proxy, 3);
     let expected = format!("create directory {}", logs.display());
     assert!(
@@ -224,14 +233,7 @@ fn a_record_of_a_failed_connect_names_the_target_and_address() {
 #[test]
 fn a_sink_that_recovers_after_a_reload_is_healthy_again() {
     let b = Backend::named("b");
-    let dir = scratch_dir("lost-reload");
-    let logs = dir.join("logs");
-    std::fs::write(&logs, "not a directory").unwrap();
-    let d = controlled(&config(
-        &[b.addr],
-        "round_robin",
-        &format!("{MONITORING}{}", logging_section(&dir)),
-    ));
+    let (d, logs) = with_unwritable_logs(b.addr, "lost-reload");
     requests(d.proxy, 3);
     let degraded = || {
         call(d.status, "GET", "/health")
