@@ -91,8 +91,25 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
                 .collect::<Vec<_>>()
                 .join(" UNION ALL ")
         };
-        // Each shard's rowid kept as a column, for ordering ties (views have none).
-        let rows = union("rowid AS rowid, *", "requests");
+        // Each shard's rowid as a column, for ordering ties: the view of schema 5 has it;
+        // a file not migrated since has a table, whose rowid is named.
+        let rows = schemas
+            .iter()
+            .map(|s| {
+                let is_view = conn
+                    .query_row(
+                        &format!(
+                            "SELECT type = 'view' FROM {s}.sqlite_master WHERE name = 'requests'"
+                        ),
+                        [],
+                        |r| r.get::<_, bool>(0),
+                    )
+                    .unwrap_or(false);
+                let select = if is_view { "*" } else { "rowid AS rowid, *" };
+                format!("SELECT {select} FROM {s}.requests")
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
         conn.execute_batch(&format!("CREATE TEMP VIEW requests AS {rows}"))?;
         if has_rollups(&conn, &schemas) {
             let minutes = union("*", "requests_per_minute");

@@ -197,7 +197,7 @@ fn retention_runs_without_traffic() {
         requests(p.local_addr(), 1);
         drop(p);
         let conn = rusqlite::Connection::open(&db).unwrap();
-        conn.execute("UPDATE requests SET ts_ms = 1000", [])
+        conn.execute("UPDATE request_rows SET ts_ms = 1000", [])
             .unwrap();
     }
     let toml = config(
