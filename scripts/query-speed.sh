@@ -36,9 +36,11 @@ echo "|---|---|"
 timed 'dispa traffic summary --since 1h' $D traffic summary --since 1h --db "$STORE"
 timed 'dispa traffic summary (all time)' $D traffic summary --db "$STORE"
 timed 'dispa traffic tail --host h7.example.com -n 20' $D traffic tail --host h7.example.com -n 20 --db "$STORE"
-# Each statement of DATABASE.md's SQL blocks (the schema block aside): lines up to one
+# Each statement of DATABASE.md's SQL blocks (the schema block, with CREATE, aside): lines up to one
 # that ends with ';', comment lines dropped.
-awk '/^```sql/ {on = 1; next} /^```/ {on = 0} on && !/^--/ {print}' docs/DATABASE.md \
+awk '/^```sql/ {on = 1; block = ""; next}
+     /^```/ && on {on = 0; if (block !~ /CREATE/) printf "%s", block; next}
+     on && !/^ *--/ {block = block $0 "\n"}' docs/DATABASE.md \
   | awk 'BEGIN {RS = ";\n"} /SELECT/ {gsub(/\n/, " "); print}' \
   | while IFS= read -r q; do
       timed "\`${q:0:70}...\`" $D traffic sql --db "$STORE" "$q"

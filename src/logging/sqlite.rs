@@ -113,20 +113,26 @@ const MIGRATIONS: &[&str] = &[
         ORDER BY r.rowid;
     DROP TABLE requests;
     CREATE INDEX request_rows_ts ON request_rows (ts_ms);
+    -- Each string looked up only when a query uses its column (a join would be made for
+    -- every row of every scan: 6 s instead of 0.8 for an average over 10 million rows).
     CREATE VIEW requests AS
-        SELECT r.rowid AS rowid, r.id, r.ts_ms, c.text AS client, r.worker,
-               m.text AS method, 'http' AS scheme, h.text AS host, r.path, r.query,
+        SELECT r.rowid AS rowid, r.id, r.ts_ms,
+               (SELECT text FROM strings WHERE id = r.client) AS client,
+               r.worker,
+               (SELECT text FROM strings WHERE id = r.method) AS method,
+               'http' AS scheme,
+               (SELECT text FROM strings WHERE id = r.host) AS host,
+               r.path, r.query,
                CASE r.version WHEN 1 THEN 'HTTP/1.1' WHEN 0 THEN 'HTTP/1.0' ELSE '' END
                    AS version,
-               u.text AS user_agent, r.request_bytes, r.status, r.response_bytes,
-               t.text AS target, a.text AS target_addr, r.duration_us, r.upstream_us,
-               r.upstream_reused, r.retries, e.text AS error, r.request_headers,
-               r.response_headers, r.request_body, r.response_body
-        FROM request_rows r
-        LEFT JOIN strings c ON c.id = r.client LEFT JOIN strings m ON m.id = r.method
-        LEFT JOIN strings h ON h.id = r.host LEFT JOIN strings u ON u.id = r.user_agent
-        LEFT JOIN strings t ON t.id = r.target LEFT JOIN strings a ON a.id = r.target_addr
-        LEFT JOIN strings e ON e.id = r.error;
+               (SELECT text FROM strings WHERE id = r.user_agent) AS user_agent,
+               r.request_bytes, r.status, r.response_bytes,
+               (SELECT text FROM strings WHERE id = r.target) AS target,
+               (SELECT text FROM strings WHERE id = r.target_addr) AS target_addr,
+               r.duration_us, r.upstream_us, r.upstream_reused, r.retries,
+               (SELECT text FROM strings WHERE id = r.error) AS error,
+               r.request_headers, r.response_headers, r.request_body, r.response_body
+        FROM request_rows r;
 ",
 ];
 
