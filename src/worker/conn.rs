@@ -217,19 +217,23 @@ impl Conn {
     async fn handle(&mut self, current: &Current, head: RequestHead) -> Next {
         let start = Instant::now();
         let worker = &*self.worker;
-        let rule = {
-            let mut scratch = [0u8; MAX_HOST_LEN];
-            let host = head.name.as_str(self.client.rbuf.data(), &mut scratch);
-            current.snapshot.routes.lookup(host)
-        };
         worker.stats.requests.inc();
-        let mut draft = current.snapshot.config.logging.enabled.then(|| {
-            let (draft, capture) =
-                RecordDraft::begin(worker, current, &head, self.client.rbuf.data());
-            self.captures.request.arm(capture);
-            self.captures.response.arm(capture);
-            draft
-        });
+        // The host as matching sees it, found once: routing and the record use the same.
+        // (A block: its scratch space is not kept across the awaits below.)
+        let (rule, mut draft) = {
+            let mut scratch = [0u8; MAX_HOST_LEN];
+            let data = self.client.rbuf.data();
+            let host = head.name.as_str(data, &mut scratch);
+            let rule = current.snapshot.routes.lookup(host);
+            let captures = &mut self.captures;
+            let draft = current.snapshot.config.logging.enabled.then(|| {
+                let (draft, capture) = RecordDraft::begin(worker, current, &head, data, host);
+                captures.request.arm(capture);
+                captures.response.arm(capture);
+                draft
+            });
+            (rule, draft)
+        };
         let mut outcome = Outcome::default();
         let mut ex = Exchange {
             worker,

@@ -7,7 +7,6 @@ use std::time::Duration;
 use super::outcome::Outcome;
 use super::state::{Current, Worker};
 use crate::http::RequestHead;
-use crate::http::host::MAX_HOST_LEN;
 use crate::http::parse::{Fields, field};
 use crate::msg::{Captured, RecordText, TrafficRecord};
 
@@ -35,13 +34,15 @@ impl RecordDraft {
         }
     }
 
-    /// Begin the record of a request whose head is at the front of `data`. Returns it and
-    /// how many body bytes of each direction `[logging.capture]` keeps (0: none).
+    /// Begin the record of a request whose head is at the front of `data`; `host` is its
+    /// host name as routing matched it. Returns the draft and how many body bytes of each
+    /// direction `[logging.capture]` keeps (0: none).
     pub fn begin(
         worker: &Worker,
         current: &Current,
         head: &RequestHead,
         data: &[u8],
+        host: &str,
     ) -> (RecordDraft, usize) {
         let mut draft = RecordDraft::new(head.minor_version);
         match field(data, &head.fields, b"x-request-id").and_then(usable_request_id) {
@@ -52,9 +53,6 @@ impl RecordDraft {
             }
         }
         draft.push_bytes(RecordText::Method, head.method.of(data));
-        let mut scratch = [0u8; MAX_HOST_LEN];
-        // The normalized host: what matching used.
-        let host = head.name.as_str(data, &mut scratch);
         draft.push(RecordText::Host, host);
         let target = head.path.of(data);
         let (path, query) = match target.iter().position(|&b| b == b'?') {
