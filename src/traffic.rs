@@ -23,52 +23,45 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The filter on the rows.
     fn clause(&self) -> (String, Vec<Value>) {
-        let mut sql = String::from(" WHERE 1 = 1");
-        let mut args = Vec::new();
-        if let Some(h) = &self.host {
-            sql += " AND host = ?";
-            args.push(Value::Text(h.to_ascii_lowercase()));
-        }
-        if let Some(s) = self.status {
-            sql += " AND status = ?";
-            args.push(Value::Integer(i64::from(s)));
-        }
-        if let Some(t) = &self.target {
-            sql += " AND target = ?";
-            args.push(Value::Text(t.clone()));
-        }
-        if let Some(since) = self.since {
-            let now = Duration::from_millis(crate::clock::unix_ms());
-            sql += " AND ts_ms >= ?";
-            args.push(Value::Integer(now.saturating_sub(since).as_millis() as i64));
-        }
-        (sql, args)
+        self.clause_on(false)
     }
 
     /// The same filter on the per-minute rollups: a status as its class, `since` as whole
     /// minutes.
     fn rollup_clause(&self) -> (String, Vec<Value>) {
+        self.clause_on(true)
+    }
+
+    fn clause_on(&self, rollups: bool) -> (String, Vec<Value>) {
         let mut sql = String::from(" WHERE 1 = 1");
         let mut args = Vec::new();
         if let Some(h) = &self.host {
             sql += " AND host = ?";
             args.push(Value::Text(h.to_ascii_lowercase()));
         }
+        if let Some(s) = self.status {
+            let (column, value) = match rollups {
+                true => ("status_class", s / 100),
+                false => ("status", s),
+            };
+            sql += &format!(" AND {column} = ?");
+            args.push(Value::Integer(i64::from(value)));
+        }
         if let Some(t) = &self.target {
             sql += " AND target = ?";
             args.push(Value::Text(t.clone()));
         }
-        if let Some(s) = self.status {
-            sql += " AND status_class = ?";
-            args.push(Value::Integer(i64::from(s / 100)));
-        }
         if let Some(since) = self.since {
             let now = Duration::from_millis(crate::clock::unix_ms());
-            sql += " AND minute >= ?";
-            args.push(Value::Integer(
-                (now.saturating_sub(since).as_millis() / 60_000) as i64,
-            ));
+            let from_ms = now.saturating_sub(since).as_millis() as i64;
+            let (column, value) = match rollups {
+                true => ("minute", from_ms / 60_000),
+                false => ("ts_ms", from_ms),
+            };
+            sql += &format!(" AND {column} >= ?");
+            args.push(Value::Integer(value));
         }
         (sql, args)
     }
