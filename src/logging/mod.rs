@@ -602,14 +602,23 @@ mod speed {
     /// fsync).
     struct Clock(Instant, Duration);
 
-    fn thread_cpu() -> Duration {
+    /// CPU time so far of this thread, or of the whole process.
+    fn cpu_time(clock: libc::clockid_t) -> Duration {
         let mut ts = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
         // SAFETY: a valid timespec to write into.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        unsafe { libc::clock_gettime(clock, &mut ts) };
         Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+
+    fn thread_cpu() -> Duration {
+        cpu_time(libc::CLOCK_THREAD_CPUTIME_ID)
+    }
+
+    fn process_cpu() -> Duration {
+        cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID)
     }
 
     impl Clock {
@@ -804,17 +813,6 @@ mod speed {
             );
             let _ = std::fs::remove_dir_all(&dir);
         }
-    }
-
-    /// CPU time of the whole process so far.
-    fn process_cpu() -> Duration {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid timespec to write into.
-        unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
     }
 
     /// Not a test: `cargo test --release --lib store_cost -- --ignored --nocapture` prints
