@@ -247,11 +247,7 @@ fn traffic_tail_follow_prints_new_requests_as_they_are_recorded() {
         );
     }
     assert!(eventually(std::time::Duration::from_secs(5), || {
-        Command::new(BIN)
-            .args(["traffic", "tail", "--db"])
-            .arg(&db)
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().count() == 3)
+        traffic("tail", &db, &[]).lines().count() == 3
     }));
     let mut child = Command::new(BIN)
         .args(["traffic", "tail", "-f", "-n", "2", "--db"])
@@ -318,16 +314,7 @@ fn traffic_reads_many_shard_files_past_a_missing_one() {
         .output()
         .unwrap();
     assert!(!again.status.success());
-    let out = Command::new(BIN)
-        .args(["traffic", "sql", "--db"])
-        .arg(&db)
-        .arg("SELECT count(*) AS n FROM requests; SELECT sum(requests) AS n FROM requests_per_minute")
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "n\n120\nn\n120\n",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let counts =
+        "SELECT count(*) AS n FROM requests; SELECT sum(requests) AS n FROM requests_per_minute";
+    assert_eq!(traffic("sql", &db, &[counts]), "n\n120\nn\n120\n");
 }

@@ -693,3 +693,14 @@ pub fn wait_exit(child: &mut Spawned, limit: Duration) -> Option<std::process::E
     }
     None
 }
+
+/// Run `dispa traffic WHAT --db DB ARGS...` and return what it printed.
+pub fn traffic(what: &str, db: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(BIN)
+        .args(["traffic", what, "--db"])
+        .arg(db)
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

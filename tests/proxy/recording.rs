@@ -556,18 +556,8 @@ fn two_shards_write_their_own_files_and_traffic_reads_them_all() {
     );
     assert!(names.iter().any(|n| !n.contains(".s1.")), "{names:?}");
     assert_eq!(gz_lines(&logs).len(), 40);
-    let out = std::process::Command::new(BIN)
-        .args(["traffic", "tail", "-n", "100", "--db"])
-        .arg(&db0)
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 40);
-    let out = std::process::Command::new(BIN)
-        .args(["traffic", "summary", "--db"])
-        .arg(&db0)
-        .output()
-        .unwrap();
-    let summary = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(traffic("tail", &db0, &["-n", "100"]).lines().count(), 40);
+    let summary = traffic("summary", &db0, &[]);
     assert!(
         summary
             .lines()
@@ -575,14 +565,9 @@ fn two_shards_write_their_own_files_and_traffic_reads_them_all() {
         "{summary}"
     );
     // DATABASE.md's queries through `dispa traffic sql` see every shard.
-    let out = std::process::Command::new(BIN)
-        .args(["traffic", "sql", "--db"])
-        .arg(&db0)
-        .arg("SELECT host, (status / 100) || 'xx' AS class, count(*) AS n FROM requests GROUP BY host, class")
-        .output()
-        .unwrap();
+    let query = "SELECT host, (status / 100) || 'xx' AS class, count(*) AS n FROM requests GROUP BY host, class";
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
+        traffic("sql", &db0, &[query]),
         "host\tclass\tn\nexample.com\t2xx\t40\n"
     );
 }
@@ -605,15 +590,7 @@ fn summary_from_rollups_counts_what_the_rows_hold() {
     assert_eq!(get(p.local_addr(), "nope.org", "/").status, 404);
     drop(p);
     let db = dir.join("traffic.db");
-    let summary = |args: &[&str]| {
-        let out = std::process::Command::new(BIN)
-            .args(["traffic", "summary", "--by-domain", "--db"])
-            .arg(&db)
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let summary = |args: &[&str]| traffic("summary", &db, &[&["--by-domain"], args].concat());
     let rollups = summary(&["--since", "1h"]);
     let count = |text: &str, name: &str| -> u64 {
         text.lines()
@@ -653,15 +630,7 @@ fn filtered_tail_finds_the_newest_matching_requests() {
     }
     assert_eq!(get(p.local_addr(), "nope.org", "/x").status, 404);
     drop(p);
-    let tail = |args: &[&str]| {
-        let out = std::process::Command::new(BIN)
-            .args(["traffic", "tail", "--db"])
-            .arg(dir.join("traffic.db"))
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let tail = |args: &[&str]| traffic("tail", &dir.join("traffic.db"), args);
     let lines: Vec<String> = tail(&["--host", "a.test.com", "-n", "2"])
         .lines()
         .map(str::to_string)
