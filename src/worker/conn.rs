@@ -197,10 +197,7 @@ impl Conn {
             ..Outcome::default()
         };
         let send = current.snapshot.config.timeouts.send;
-        if let Some(a) = self.client.answer(failure, true, &mut self.out, send).await {
-            outcome.status = a.status;
-            outcome.response_bytes = a.body_bytes;
-        }
+        outcome.answered(self.client.answer(failure, true, &mut self.out, send).await);
         let worker = &self.worker;
         worker.count_request(&current, (NONE, NONE), outcome.status, Duration::ZERO, None);
         if current.snapshot.config.logging.enabled {

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::client::Answered;
 use super::tally::NONE;
 use crate::msg::ErrorKind;
 
@@ -22,6 +23,19 @@ pub struct Outcome {
     pub retries: u8,
     /// Why the request failed, when it did.
     pub error: Option<ErrorKind>,
+}
+
+impl Outcome {
+    /// Note an answer Dispa made itself (`None`: there was none); returns whether it was
+    /// written completely.
+    pub fn answered(&mut self, answer: Option<Answered>) -> bool {
+        let Some(a) = answer else {
+            return false;
+        };
+        self.status = a.status;
+        self.response_bytes = a.body_bytes;
+        a.sent
+    }
 }
 
 impl Default for Outcome {

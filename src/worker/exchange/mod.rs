@@ -77,14 +77,8 @@ impl Exchange<'_> {
 
     async fn answer(&mut self, failure: Failure, close: bool) -> bool {
         let send = self.current.snapshot.config.timeouts.send;
-        match self.client.answer(failure, close, self.out, send).await {
-            Some(a) => {
-                self.outcome.status = a.status;
-                self.outcome.response_bytes = a.body_bytes;
-                a.sent
-            }
-            None => false,
-        }
+        let answered = self.client.answer(failure, close, self.out, send).await;
+        self.outcome.answered(answered)
     }
 
     /// Forward the request whose head is at the front of the client's buffer.
