@@ -55,6 +55,7 @@ const EVENTS_CAPACITY: usize = 4096;
 /// thread ([`Running::into_control`]) or stopped.
 pub struct Running {
     local_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     parts: control::Parts,
 }
 
@@ -62,6 +63,11 @@ impl Running {
     /// The proxy's listen address (with the real port when the config asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `[server.tls]` listens, when configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// Each worker's counters, by worker id.
@@ -164,6 +170,21 @@ pub fn start(config: Config, workers: Option<usize>) -> Result<Running, Error> {
         n => n,
     };
     let (listeners, local_addr) = bind_listeners(config.server.bind, count, config.server.backlog)?;
+    let (tls_listeners, tls_addr) = match &config.server.tls {
+        Some(tls) => {
+            let (l, addr) = bind_listeners(tls.bind, count, config.server.backlog)?;
+            (l.into_iter().map(Some).collect::<Vec<_>>(), Some(addr))
+        }
+        None => ((0..count).map(|_| None).collect(), None),
+    };
+    if config
+        .targets
+        .targets
+        .iter()
+        .any(|t| t.tls.as_ref().is_some_and(|t| !t.verify))
+    {
+        tracing::warn!("tls_verify = false: https targets' certificates are not verified");
+    }
     let mut registry = Registry::default();
     let snapshot = Arc::new(Snapshot::build(config, 1, count, &mut registry, &|_, _| {
         true
@@ -195,7 +216,7 @@ pub fn start(config: Config, workers: Option<usize>) -> Result<Running, Error> {
     }
     let logging = stopper.loggers.iter().map(|l| l.link().clone()).collect();
     let mut links = Vec::with_capacity(count);
-    for (id, listener) in listeners.into_iter().enumerate() {
+    for (id, (listener, tls_listener)) in listeners.into_iter().zip(tls_listeners).enumerate() {
         let (inbox_tx, inbox_rx) = bounded(64);
         let stats = Arc::new(WorkerStats::default());
         let start = worker::Start {
@@ -203,6 +224,7 @@ pub fn start(config: Config, workers: Option<usize>) -> Result<Running, Error> {
             // Worker i runs on the i-th allowed CPU, wrapping when there are more workers.
             core: (!cores.is_empty()).then(|| cores[id % cores.len()]),
             listener,
+            tls_listener,
             snapshot: snapshot.clone(),
             inbox_rx,
             ready_tx: ready_tx.clone(),
@@ -234,6 +256,7 @@ pub fn start(config: Config, workers: Option<usize>) -> Result<Running, Error> {
     }
     Ok(Running {
         local_addr,
+        tls_addr,
         parts: control::Parts {
             snapshot,
             registry,

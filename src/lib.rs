@@ -25,5 +25,6 @@ pub mod logging;
 pub mod msg;
 pub mod route;
 pub mod sched;
+pub mod tls;
 pub mod traffic;
 pub mod worker;

@@ -211,7 +211,7 @@ fn run(path: &Path, workers: Option<usize>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    serve(cfg, workers, Some(path.to_path_buf()), |_, _| {})
+    serve(cfg, workers, Some(path.to_path_buf()), |_, _, _| {})
 }
 
 /// Start the workers and the control thread, then wait until a stop signal has drained
@@ -220,7 +220,7 @@ fn serve(
     cfg: config::Config,
     workers: Option<usize>,
     path: Option<PathBuf>,
-    on_start: impl FnOnce(SocketAddr, &control::Handle),
+    on_start: impl FnOnce(SocketAddr, Option<SocketAddr>, &control::Handle),
 ) -> ExitCode {
     let source = path
         .as_ref()
@@ -240,6 +240,7 @@ fn serve(
         }
     };
     let listen = running.local_addr();
+    let tls_listen = running.tls_addr();
     let workers = running.drivers().len();
     let io = running.drivers().first().copied().unwrap_or("");
     if let Err(e) = signals::install() {
@@ -257,6 +258,7 @@ fn serve(
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         listen = %listen,
+        tls = %show(tls_listen),
         workers,
         io,
         config = source,
@@ -266,7 +268,7 @@ fn serve(
         metrics = %show(control.metrics_addr()),
         "dispa started"
     );
-    on_start(listen, &control);
+    on_start(listen, tls_listen, &control);
     control.join();
     tracing::info!("stopped");
     ExitCode::SUCCESS
@@ -283,19 +285,33 @@ fn run_demo(port: u16, workers: Option<usize>) -> ExitCode {
         }
     };
     let bind = SocketAddr::from(([127, 0, 0, 1], port));
-    let cfg = match config::parse(&demo::config_toml(bind, a, b)) {
+    let dir = std::env::temp_dir().join(format!("dispa-demo-{}", std::process::id()));
+    let cert = match demo::write_certificate(&dir) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "cannot write the demo's certificate in {}: {e}",
+                dir.display()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let cfg = match config::parse(&demo::config_toml(bind, a, b, &cert)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("demo config: {e}");
             return ExitCode::from(2);
         }
     };
-    serve(cfg, workers, None, |addr, control| {
+    let code = serve(cfg, workers, None, |addr, tls, control| {
+        let (status, metrics) = (control.health_addr(), control.metrics_addr());
         println!(
             "{}",
-            demo::instructions(addr, control.health_addr(), control.metrics_addr())
+            demo::instructions(addr, tls, &cert.0, status, metrics)
         )
-    })
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    code
 }
 
 /// `--since`: the config's duration syntax ("90s", "15m", "2h", "1d").

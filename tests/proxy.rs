@@ -21,4 +21,5 @@ mod proxy {
     pub mod routing;
     pub mod slow_clients;
     pub mod smuggling;
+    pub mod tls;
 }

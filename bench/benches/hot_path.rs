@@ -121,6 +121,7 @@ fn record() -> TrafficRecord {
         "/api/v1/items",
         "page=2&sort=name",
         "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+        "",
         "backend1",
     ]
     .iter()
@@ -134,6 +135,7 @@ fn record() -> TrafficRecord {
         client: "198.51.100.23".parse().unwrap(),
         worker: 0,
         version_minor: 1,
+        tls: 0,
         status: 200,
         request_bytes: 0,
         response_bytes: 1234,

@@ -10,7 +10,7 @@ use toml::{Table, Value};
 use super::{
     Algorithm, Capture, Config, DatabaseSink, Domains, FieldError, FileSink, HealthCheck, IoDriver,
     Limits, Logging, MAX_CAPTURE_BODY, MAX_SHARDS, Monitoring, Rotation, Server, Sinks, Target,
-    Targets, Timeouts, Upstream, UringFlags,
+    TargetTls, Targets, Timeouts, TlsListener, Upstream, UringFlags,
 };
 
 /// Decode the whole file. Returns `None` only when a required section is missing entirely
@@ -27,6 +27,7 @@ pub(super) fn decode(root: &Table, errors: &mut Vec<FieldError>) -> Option<Confi
     let logging = logging(top.table("logging", errors), errors);
     top.finish(errors);
     Some(Config {
+        tls: Default::default(),
         server,
         domains: domains?,
         targets: targets?,
@@ -267,8 +268,10 @@ fn server(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Server {
     let backlog = s.uint("backlog", 4096, 1, 65535, errors) as u32;
     let shutdown_timeout = s.duration("shutdown_timeout", Duration::from_secs(30), errors);
     let scheduler_hints = s.bool("scheduler_hints", true, errors);
+    let tls = s.table("tls", errors).map(|t| tls_listener(t, errors));
     s.finish(errors);
     Server {
+        tls,
         shutdown_timeout,
         scheduler_hints,
         bind,
@@ -277,6 +280,47 @@ fn server(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Server {
         uring,
         uring_entries,
         backlog,
+    }
+}
+
+/// `[server.tls]`: a TLS listener beside the plain one. Certificates are read later
+/// (`super::tls_material`), once every path is known.
+fn tls_listener(mut t: Section<'_>, errors: &mut Vec<FieldError>) -> TlsListener {
+    let bind = match t.string("bind", errors).map(|b| b.parse::<SocketAddr>()) {
+        Some(Ok(addr)) => addr,
+        Some(Err(_)) => {
+            t.error(errors, "bind", "expected an address like \"0.0.0.0:8443\"");
+            SocketAddr::from(([0, 0, 0, 0], 8443))
+        }
+        None => SocketAddr::from(([0, 0, 0, 0], 8443)),
+    };
+    let handshake_timeout = t.duration("handshake_timeout", Duration::from_secs(10), errors);
+    let mut certificates = Vec::new();
+    for mut c in t.tables("certificates", errors) {
+        let cert = c.string("cert", errors);
+        let key = c.string("key", errors);
+        for (name, v) in [("cert", &cert), ("key", &key)] {
+            if v.is_none() && !c.has(name) {
+                c.error(errors, name, "required: a PEM file");
+            }
+        }
+        c.finish(errors);
+        if let (Some(cert), Some(key)) = (cert, key) {
+            certificates.push((PathBuf::from(cert), PathBuf::from(key)));
+        }
+    }
+    if !t.has("certificates") {
+        t.error(
+            errors,
+            "certificates",
+            "required: at least one [[server.tls.certificates]] with cert and key",
+        );
+    }
+    t.finish(errors);
+    TlsListener {
+        bind,
+        certificates,
+        handshake_timeout,
     }
 }
 
@@ -410,6 +454,7 @@ fn target(mut t: Section<'_>, errors: &mut Vec<FieldError>) -> Option<Target> {
     let weight = t.uint("weight", 1, 1, 1_000_000, errors) as u32;
     let timeout = t.duration_opt("timeout", errors);
     let rewrite_host = t.bool("rewrite_host", false, errors);
+    let tls_verify = t.bool("tls_verify", true, errors);
     let parsed = url.as_deref().and_then(|u| match parse_target_url(u) {
         Ok(p) => Some(p),
         Err(reason) => {
@@ -418,8 +463,13 @@ fn target(mut t: Section<'_>, errors: &mut Vec<FieldError>) -> Option<Target> {
         }
     });
     t.finish(errors);
-    let (addr, authority, path_prefix) = parsed?;
+    let (addr, authority, path_prefix, https) = parsed?;
+    let tls = https.then(|| TargetTls {
+        server_name: host_of(&authority).to_string(),
+        verify: tls_verify,
+    });
     Some(Target {
+        tls,
         name: name?,
         url: url?,
         addr,
@@ -431,18 +481,26 @@ fn target(mut t: Section<'_>, errors: &mut Vec<FieldError>) -> Option<Target> {
     })
 }
 
-/// `http://host[:port][/path]` → (resolved address, authority, path prefix without trailing `/`).
-/// Names are resolved here, once, because workers must never block on DNS.
-fn parse_target_url(url: &str) -> Result<(SocketAddr, String, String), String> {
-    let rest = if let Some(rest) = url.strip_prefix("http://") {
-        rest
-    } else if url.starts_with("https://") {
-        return Err(
-            "https targets are not supported (Dispa speaks plain HTTP/1.1 upstream)".into(),
-        );
+/// The host of an authority (`[::1]:8443` → `::1`, `a.example:443` → `a.example`).
+fn host_of(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+}
+
+/// `http[s]://host[:port][/path]` → (resolved address, authority, path prefix without
+/// trailing `/`, whether it is https). Names are resolved here, once, because workers must
+/// never block on DNS.
+fn parse_target_url(url: &str) -> Result<(SocketAddr, String, String, bool), String> {
+    let (rest, https) = if let Some(rest) = url.strip_prefix("http://") {
+        (rest, false)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (rest, true)
     } else {
-        return Err("expected a URL starting with http://".into());
+        return Err("expected a URL starting with http:// or https://".into());
     };
+    let default_port = if https { 443 } else { 80 };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
@@ -455,14 +513,14 @@ fn parse_target_url(url: &str) -> Result<(SocketAddr, String, String), String> {
     }
     let with_port = if authority.starts_with('[') {
         if authority.ends_with(']') {
-            format!("{authority}:80")
+            format!("{authority}:{default_port}")
         } else {
             authority.to_string()
         }
     } else if authority.contains(':') {
         authority.to_string()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{default_port}")
     };
     let addr = with_port
         .to_socket_addrs()
@@ -473,6 +531,7 @@ fn parse_target_url(url: &str) -> Result<(SocketAddr, String, String), String> {
         addr,
         authority.to_string(),
         path.trim_end_matches('/').to_string(),
+        https,
     ))
 }
 
@@ -538,6 +597,7 @@ fn upstream(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Upstream {
         keepalive: s.bool("keepalive", true, errors),
         max_idle_per_target: s.uint("max_idle_per_target", 1024, 0, 100_000, errors) as usize,
         max_tries: s.uint("max_tries", 3, 1, 100, errors) as u32,
+        ca_file: s.string("ca_file", errors).map(PathBuf::from),
     };
     s.finish(errors);
     u
@@ -806,14 +866,20 @@ mod tests {
 
     #[test]
     fn target_url_keeps_prefix_and_defaults_port() {
-        let (addr, auth, prefix) = parse_target_url("http://127.0.0.1/api/").unwrap();
+        let (addr, auth, prefix, https) = parse_target_url("http://127.0.0.1/api/").unwrap();
         assert_eq!(addr, "127.0.0.1:80".parse().unwrap());
         assert_eq!(auth, "127.0.0.1");
         assert_eq!(prefix, "/api");
-        let (addr, _, prefix) = parse_target_url("http://[::1]:3000").unwrap();
+        assert!(!https);
+        let (addr, _, prefix, _) = parse_target_url("http://[::1]:3000").unwrap();
         assert_eq!(addr, "[::1]:3000".parse().unwrap());
         assert_eq!(prefix, "");
-        assert!(parse_target_url("https://127.0.0.1").is_err());
+        let (addr, auth, _, https) = parse_target_url("https://127.0.0.1").unwrap();
+        assert_eq!(addr, "127.0.0.1:443".parse().unwrap());
+        assert!(https);
+        assert_eq!(host_of(&auth), "127.0.0.1");
+        assert_eq!(host_of("[::1]:8443"), "::1");
+        assert_eq!(host_of("a.example:443"), "a.example");
         assert!(parse_target_url("ftp://x").is_err());
     }
 

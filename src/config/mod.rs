@@ -22,6 +22,8 @@ pub use snapshot::{Snapshot, TargetSpec};
 /// A fully validated configuration. Only [`load`] and [`parse`] build one.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// What `[server.tls]` and `https://` targets need, read from their PEM files.
+    pub tls: TlsMaterial,
     pub server: Server,
     pub domains: Domains,
     pub targets: Targets,
@@ -131,8 +133,31 @@ pub struct Monitoring {
     pub admin_token: Option<String>,
 }
 
+/// TLS configs made from the config's files when it was loaded (see `crate::tls`).
+#[derive(Debug, Clone, Default)]
+pub struct TlsMaterial {
+    /// The `[server.tls]` listener's.
+    pub server: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// For `https://` targets that verify (the default) and those with `tls_verify = false`.
+    pub verified: Option<std::sync::Arc<rustls::ClientConfig>>,
+    pub unverified: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+/// `[server.tls]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListener {
+    /// Where every worker listens for TLS with SO_REUSEPORT.
+    pub bind: SocketAddr,
+    /// (chain, key) PEM files; the first serves clients without SNI.
+    pub certificates: Vec<(PathBuf, PathBuf)>,
+    /// A client must complete its handshake within this.
+    pub handshake_timeout: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Server {
+    /// `[server.tls]`: a TLS listener, when configured.
+    pub tls: Option<TlsListener>,
     /// `server.bind` (alias `bind_address`): where every worker listens with SO_REUSEPORT.
     pub bind: SocketAddr,
     /// `server.workers`: worker threads; 0 means one per CPU in the inherited affinity mask.
@@ -198,6 +223,16 @@ pub struct Target {
     /// Per-target override of `timeouts.upstream_response`.
     pub timeout: Option<Duration>,
     pub rewrite_host: bool,
+    /// `https://` targets: TLS with SNI and the name checked.
+    pub tls: Option<TargetTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetTls {
+    /// The URL's host: SNI, and the name the certificate must hold.
+    pub server_name: String,
+    /// `tls_verify` (default true); false accepts any certificate, with a warning at start.
+    pub verify: bool,
 }
 
 /// `[targets.health_check]`: active probes run by the control thread, and passive checks
@@ -226,6 +261,8 @@ pub struct Upstream {
     pub max_idle_per_target: usize,
     /// Attempts to connect (each to a different target when there is one) before giving up.
     pub max_tries: u32,
+    /// `ca_file`: PEM roots for `https://` targets instead of the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[timeouts]`, all durations.
@@ -307,12 +344,63 @@ pub fn parse(text: &str) -> Result<Config, Error> {
         message: e.to_string(),
     })?;
     let mut errors = Vec::new();
-    let config = file::decode(&table, &mut errors);
-    if let Some(config) = &config {
+    let mut config = file::decode(&table, &mut errors);
+    if let Some(config) = &mut config {
         validate::check(config, &mut errors);
+        if errors.is_empty() {
+            config.tls = tls_material(config, &mut errors);
+        }
     }
     match config {
         Some(config) if errors.is_empty() => Ok(config),
         _ => Err(Error::Invalid(errors)),
     }
+}
+
+/// Read the certificates and roots the config names (errors carry the key and the file).
+fn tls_material(config: &Config, errors: &mut Vec<FieldError>) -> TlsMaterial {
+    let mut m = TlsMaterial::default();
+    if let Some(listener) = &config.server.tls {
+        let mut certificates = Vec::new();
+        for (i, (cert, key)) in listener.certificates.iter().enumerate() {
+            match crate::tls::load_certificate(cert, key) {
+                Ok(c) => certificates.push(c),
+                Err(reason) => errors.push(FieldError {
+                    path: format!("server.tls.certificates[{i}]"),
+                    reason,
+                }),
+            }
+        }
+        if !certificates.is_empty() && errors.is_empty() {
+            let d = &config.domains;
+            match crate::tls::server_config(certificates, &d.intercept, &d.exclude) {
+                Ok(c) => m.server = Some(c),
+                Err(reason) => errors.push(FieldError {
+                    path: "server.tls".into(),
+                    reason,
+                }),
+            }
+        }
+    }
+    let https: Vec<&TargetTls> = config
+        .targets
+        .targets
+        .iter()
+        .filter_map(|t| t.tls.as_ref())
+        .collect();
+    let ca = config.upstream.ca_file.as_deref();
+    for verify in [true, false] {
+        if !https.iter().any(|t| t.verify == verify) {
+            continue;
+        }
+        match crate::tls::client_config(ca, verify) {
+            Ok(c) if verify => m.verified = Some(c),
+            Ok(c) => m.unverified = Some(c),
+            Err(reason) => errors.push(FieldError {
+                path: "upstream.ca_file".into(),
+                reason,
+            }),
+        }
+    }
+    m
 }

@@ -12,7 +12,7 @@ use prometheus::{
 };
 
 use super::State;
-use crate::msg::{ErrorKind, Histogram, LATENCY_BUCKETS, StatsReport, WorkerStats};
+use crate::msg::{ErrorKind, Histogram, LATENCY_BUCKETS, StatsReport, TlsHandshake, WorkerStats};
 
 /// Totals of every worker report received so far.
 #[derive(Debug, Default)]
@@ -23,6 +23,7 @@ pub struct Totals {
     per_worker: HashMap<usize, u64>,
     duration: Histogram,
     upstream_duration: Histogram,
+    tls_handshake: Histogram,
 }
 
 impl Totals {
@@ -44,6 +45,7 @@ impl Totals {
         *self.per_worker.entry(r.worker).or_default() += n_total;
         self.duration.merge(&r.duration);
         self.upstream_duration.merge(&r.upstream_duration);
+        self.tls_handshake.merge(&r.tls_handshake);
     }
 }
 
@@ -115,7 +117,7 @@ impl Metrics {
 #[derive(Clone)]
 struct LatencyCollector {
     /// Set before every gather (the control thread only; the lock is never contended).
-    totals: std::sync::Arc<Mutex<(Histogram, Histogram)>>,
+    totals: std::sync::Arc<Mutex<[Histogram; 3]>>,
     descs: Vec<Desc>,
 }
 
@@ -127,6 +129,10 @@ const UPSTREAM_DURATION: (&str, &str) = (
     "dispa_upstream_duration_seconds",
     "Time from sending a request to a target to its response head.",
 );
+const TLS_HANDSHAKE: (&str, &str) = (
+    "dispa_tls_handshake_seconds",
+    "Time from accepting a TLS client to its completed handshake.",
+);
 
 impl LatencyCollector {
     fn new() -> Self {
@@ -135,13 +141,17 @@ impl LatencyCollector {
         };
         LatencyCollector {
             totals: Default::default(),
-            descs: vec![desc(DURATION), desc(UPSTREAM_DURATION)],
+            descs: vec![desc(DURATION), desc(UPSTREAM_DURATION), desc(TLS_HANDSHAKE)],
         }
     }
 
     fn set(&self, totals: &Totals) {
         let mut h = self.totals.lock().unwrap_or_else(|e| e.into_inner());
-        *h = (totals.duration.clone(), totals.upstream_duration.clone());
+        *h = [
+            totals.duration.clone(),
+            totals.upstream_duration.clone(),
+            totals.tls_handshake.clone(),
+        ];
     }
 }
 
@@ -152,17 +162,21 @@ impl Collector for LatencyCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let h = self.totals.lock().unwrap_or_else(|e| e.into_inner());
-        [(DURATION, &h.0), (UPSTREAM_DURATION, &h.1)]
-            .into_iter()
-            .map(|((name, help), hist)| {
-                let mut f = MetricFamily::default();
-                f.set_name(name.to_string());
-                f.set_help(help.to_string());
-                f.set_field_type(proto::MetricType::HISTOGRAM);
-                f.set_metric(vec![histogram(hist)]);
-                f
-            })
-            .collect()
+        [
+            (DURATION, &h[0]),
+            (UPSTREAM_DURATION, &h[1]),
+            (TLS_HANDSHAKE, &h[2]),
+        ]
+        .into_iter()
+        .map(|((name, help), hist)| {
+            let mut f = MetricFamily::default();
+            f.set_name(name.to_string());
+            f.set_help(help.to_string());
+            f.set_field_type(proto::MetricType::HISTOGRAM);
+            f.set_metric(vec![histogram(hist)]);
+            f
+        })
+        .collect()
     }
 }
 
@@ -279,6 +293,24 @@ const COUNTERS: &[Family] = &[
                 .iter()
                 .map(|k| {
                     let n = stats.iter().map(|w| w.errors[*k as usize].get()).sum();
+                    (vec![k.label().to_string()], n)
+                })
+                .collect()
+        },
+    ),
+    (
+        "dispa_tls_handshakes_total",
+        "TLS handshakes with clients by result (full, resumed, refused_sni, failed, timeout).",
+        &["result"],
+        |s| {
+            let stats = s.fleet.stats();
+            TlsHandshake::ALL
+                .iter()
+                .map(|k| {
+                    let n = stats
+                        .iter()
+                        .map(|w| w.tls_handshakes[*k as usize].get())
+                        .sum();
                     (vec![k.label().to_string()], n)
                 })
                 .collect()
@@ -454,6 +486,12 @@ const GAUGES: &[Family] = &[
         "Open client connections.",
         &[],
         |s| workers_sum(s, |w| w.open_connections.get()),
+    ),
+    (
+        "dispa_tls_connections",
+        "Open client connections over TLS.",
+        &[],
+        |s| workers_sum(s, |w| w.tls_open.get()),
     ),
     (
         "dispa_upstream_idle_connections",

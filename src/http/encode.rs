@@ -42,6 +42,8 @@ pub struct Forward<'a> {
     pub client_ip: &'a [u8],
     /// An `X-Request-Id` to add (the client sent none).
     pub request_id: Option<&'a [u8]>,
+    /// The request came over TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
 }
 
 /// The request head sent upstream (always HTTP/1.1, keep-alive, canonical framing).
@@ -73,7 +75,11 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], h: &RequestHead, fwd: &Forwar
         }
     }
     out.extend_from_slice(fwd.client_ip);
-    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
+    out.extend_from_slice(if fwd.https {
+        b"\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: ".as_slice()
+    } else {
+        b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: "
+    });
     out.extend_from_slice(host);
     out.extend_from_slice(b"\r\n");
     if let Some(id) = fwd.request_id {
@@ -206,6 +212,7 @@ mod tests {
             host_override: host.map(str::as_bytes),
             client_ip: b"10.9.8.7",
             request_id: None,
+            https: false,
         };
         request_head(&mut out, raw.as_bytes(), &h, &fwd);
         String::from_utf8(out).unwrap()

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{
-    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller,
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent,
+    Canceller,
 };
 
 pub struct ReadBuf {
@@ -69,30 +70,35 @@ impl ReadBuf {
         max: usize,
         deadline: Instant,
     ) -> Option<io::Result<usize>> {
-        self.make_room(max);
         let canceller = Canceller::new();
+        let mut read = std::pin::pin!(self.fill_cancelable(io, max, canceller.handle()));
+        monoio::select! {
+            done = &mut read => return Some(done),
+            _ = monoio::time::sleep_until(deadline.into()) => {}
+        };
+        let _ = canceller.cancel();
+        match read.await {
+            Err(e) if is_cancelled(&e) => None,
+            res => Some(res),
+        }
+    }
+
+    /// Like [`ReadBuf::fill`], with a read that `cancel` ends early: then it returns what
+    /// was read before the cancel took effect, or an error that [`is_cancelled`] tells.
+    pub async fn fill_cancelable<R: CancelableAsyncReadRent>(
+        &mut self,
+        io: &mut R,
+        max: usize,
+        cancel: CancelHandle,
+    ) -> io::Result<usize> {
+        self.make_room(max);
         let vec = std::mem::take(&mut self.vec);
         let start = std::mem::take(&mut self.start);
         let len = vec.len();
-        let mut read = std::pin::pin!(io.cancelable_read(vec.slice_mut(len..), canceller.handle()));
-        let first = monoio::select! {
-            done = &mut read => Some(done),
-            _ = monoio::time::sleep_until(deadline.into()) => None,
-        };
-        let (res, slice, timed_out) = match first {
-            Some((res, slice)) => (res, slice, false),
-            None => {
-                let _ = canceller.cancel();
-                let (res, slice) = read.await;
-                (res, slice, true)
-            }
-        };
+        let (res, slice) = io.cancelable_read(vec.slice_mut(len..), cancel).await;
         self.vec = slice.into_inner();
         self.start = start;
-        match res {
-            Err(_) if timed_out => None,
-            res => Some(res),
-        }
+        res
     }
 
     fn make_room(&mut self, max: usize) {
@@ -158,6 +164,11 @@ pub async fn write_vec<W: AsyncWriteRent>(io: &mut W, out: &mut Vec<u8>) -> io::
     vec.clear();
     *out = vec;
     res.map(|_| ())
+}
+
+/// A read ended by its cancel handle (with nothing read).
+pub fn is_cancelled(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ECANCELED)
 }
 
 #[cfg(test)]

@@ -3,8 +3,10 @@
 //! status API and the health prober; the proxy's own loop adds parking and deadlines).
 
 mod buf;
+pub mod tls;
 
-pub use buf::{ReadBuf, write_vec};
+pub use buf::{ReadBuf, is_cancelled, write_vec};
+pub use tls::Stream;
 
 use monoio::io::AsyncReadRent;
 

@@ -642,6 +642,7 @@ mod speed {
             "/api/v1/items",
             "page=2",
             "curl/7.88.1",
+            "",
             "backend1",
         ]
         .iter()
@@ -655,6 +656,7 @@ mod speed {
             client: "127.0.0.1".parse().unwrap(),
             worker: 0,
             version_minor: 1,
+            tls: 0,
             status: 200,
             request_bytes: 0,
             response_bytes: 5,
@@ -840,6 +842,7 @@ mod speed {
                     path.as_str(),
                     "page=2",
                     "curl/7.88.1",
+                    "",
                     ["backend1", "backend2"][i as usize % 2],
                 ]
                 .iter()

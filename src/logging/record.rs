@@ -132,6 +132,15 @@ pub fn version_text(r: &TrafficRecord) -> &'static str {
     }
 }
 
+/// `TLSv1.3` / `TLSv1.2`, as in the SQLite view's `tls_version`.
+pub fn tls_version_text(tls: u8) -> &'static str {
+    match tls {
+        12 => "TLSv1.2",
+        13 => "TLSv1.3",
+        _ => "",
+    }
+}
+
 /// Append `r` as one JSON object and a newline. Hand-written rather than through `fmt`:
 /// this runs once per request on the logging thread, and `fmt` cost twice as much.
 pub fn json_line(out: &mut Vec<u8>, r: &TrafficRecord) {
@@ -147,7 +156,10 @@ pub fn json_line(out: &mut Vec<u8>, r: &TrafficRecord) {
     out.push(b'"');
     json_num(out, b"worker", u64::from(r.worker));
     json_text(out, b"method", r.field(Method));
-    out.extend_from_slice(b",\"scheme\":\"http\"");
+    out.extend_from_slice(match r.tls {
+        0 => b",\"scheme\":\"http\"".as_slice(),
+        _ => b",\"scheme\":\"https\"",
+    });
     json_text(out, b"host", r.field(Host));
     json_text(out, b"path", r.field(Path));
     json_text(out, b"query", r.field(Query));
@@ -175,6 +187,10 @@ pub fn json_line(out: &mut Vec<u8>, r: &TrafficRecord) {
     match r.error {
         Some(e) => json_str(out, e.label()),
         None => out.extend_from_slice(b"null"),
+    }
+    if r.tls != 0 {
+        json_text(out, b"sni", r.field(RecordText::Sni));
+        json_text(out, b"tls_version", tls_version_text(r.tls));
     }
     if let Some(c) = &r.capture {
         out.extend_from_slice(b",\"request_headers\":");

@@ -134,6 +134,34 @@ const MIGRATIONS: &[&str] = &[
                r.request_headers, r.response_headers, r.request_body, r.response_body
         FROM request_rows r;
 ",
+    // Version 6: TLS (issue 14). `tls` is NULL over plain TCP, else 12 or 13; `sni` the
+    // name the client asked for (a `strings` id). The view gains `sni` and
+    // `tls_version`, and `scheme` says https for requests that came over TLS.
+    "
+    ALTER TABLE request_rows ADD COLUMN tls INTEGER;
+    ALTER TABLE request_rows ADD COLUMN sni INTEGER;
+    DROP VIEW requests;
+    CREATE VIEW requests AS
+        SELECT r.rowid AS rowid, r.id, r.ts_ms,
+               (SELECT text FROM strings WHERE id = r.client) AS client,
+               r.worker,
+               (SELECT text FROM strings WHERE id = r.method) AS method,
+               CASE WHEN r.tls IS NULL THEN 'http' ELSE 'https' END AS scheme,
+               (SELECT text FROM strings WHERE id = r.host) AS host,
+               r.path, r.query,
+               CASE r.version WHEN 1 THEN 'HTTP/1.1' WHEN 0 THEN 'HTTP/1.0' ELSE '' END
+                   AS version,
+               (SELECT text FROM strings WHERE id = r.user_agent) AS user_agent,
+               r.request_bytes, r.status, r.response_bytes,
+               (SELECT text FROM strings WHERE id = r.target) AS target,
+               (SELECT text FROM strings WHERE id = r.target_addr) AS target_addr,
+               r.duration_us, r.upstream_us, r.upstream_reused, r.retries,
+               (SELECT text FROM strings WHERE id = r.error) AS error,
+               r.request_headers, r.response_headers, r.request_body, r.response_body,
+               (SELECT text FROM strings WHERE id = r.sni) AS sni,
+               CASE r.tls WHEN 13 THEN 'TLSv1.3' WHEN 12 THEN 'TLSv1.2' END AS tls_version
+        FROM request_rows r;
+",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -142,9 +170,9 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 const COLUMNS: &str = "id, ts_ms, client, worker, method, host, path, query, version, user_agent, \
      request_bytes, status, response_bytes, target, target_addr, duration_us, upstream_us, \
      upstream_reused, retries, error, request_headers, response_headers, request_body, \
-     response_body";
+     response_body, tls, sni";
 /// Parameters per row.
-const PARAMS: usize = 24;
+const PARAMS: usize = 26;
 
 /// Rows per `INSERT` statement: a statement's setup (cursors on the table and its
 /// indexes, the bindings' reset) is paid once for all of them. `OR FAIL` because a
@@ -348,6 +376,10 @@ fn bind_row(
         Some(e) => Some(strings.id(tx, e.label())?),
         None => None,
     };
+    let (tls, sni) = match r.tls {
+        0 => (None, None),
+        v => (Some(v), Some(strings.id(tx, r.field(Sni))?)),
+    };
     let version: i64 = match r.version_minor {
         0 => 0,
         1 => 1,
@@ -385,6 +417,8 @@ fn bind_row(
         &capture.map(|_| ascii(&text.response_headers)),
         &capture.map(|c| &c.request_body[..]),
         &capture.map(|c| &c.response_body[..]),
+        &tls,
+        &sni,
     ];
     for (i, v) in values.into_iter().enumerate() {
         insert.raw_bind_parameter(at + i + 1, v)?;
@@ -660,6 +694,7 @@ fn made_up_record(i: u64, ts_ms: u64, x: u64) -> TrafficRecord {
             String::new()
         },
         "curl/8.5.0".to_string(),
+        String::new(),
         format!("backend{}", (x >> 16) % 4),
     ];
     for (k, v) in fields.iter().enumerate() {
@@ -676,6 +711,7 @@ fn made_up_record(i: u64, ts_ms: u64, x: u64) -> TrafficRecord {
         client: std::net::IpAddr::from([10, 0, ((x >> 32) % 256) as u8, ((x >> 40) % 256) as u8]),
         worker: ((x >> 48) % 4) as u16,
         version_minor: 1,
+        tls: 0,
         status,
         request_bytes: 0,
         response_bytes: 512 + (x >> 20) % 4096,

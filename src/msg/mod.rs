@@ -16,7 +16,8 @@ pub use link::{LoggingLink, LoggingMsg, WorkerLink};
 pub use queue::{RecordSender, record_queue};
 pub use record::{Captured, ErrorKind, RecordText, TrafficRecord};
 pub use stats::{
-    Counter, Histogram, LATENCY_BUCKETS, LoggingStats, SinkHealth, StatsReport, WorkerStats,
+    Counter, Histogram, LATENCY_BUCKETS, LoggingStats, SinkHealth, StatsReport, TlsHandshake,
+    WorkerStats,
 };
 
 use std::sync::Arc;

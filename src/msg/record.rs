@@ -24,10 +24,17 @@ pub enum ErrorKind {
     Client,
     /// The request head was malformed, too large or too slow (no head to route).
     BadRequest,
+    /// The TLS handshake with an `https://` target failed (certificate, protocol).
+    UpstreamTls,
+    /// Over TLS, the request's Host was not the connection's SNI (answered 421).
+    Misdirected,
+    /// A TLS client's SNI named a host Dispa does not intercept: refused in the handshake
+    /// (the record's `sni` says which).
+    TlsRefused,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::Connect,
         ErrorKind::ConnectTimeout,
         ErrorKind::NoTarget,
@@ -37,6 +44,9 @@ impl ErrorKind {
         ErrorKind::Truncated,
         ErrorKind::Client,
         ErrorKind::BadRequest,
+        ErrorKind::UpstreamTls,
+        ErrorKind::Misdirected,
+        ErrorKind::TlsRefused,
     ];
 
     pub fn label(self) -> &'static str {
@@ -50,6 +60,9 @@ impl ErrorKind {
             ErrorKind::Truncated => "truncated",
             ErrorKind::Client => "client",
             ErrorKind::BadRequest => "bad_request",
+            ErrorKind::UpstreamTls => "upstream_tls",
+            ErrorKind::Misdirected => "misdirected",
+            ErrorKind::TlsRefused => "tls_refused",
         }
     }
 }
@@ -76,6 +89,9 @@ pub struct TrafficRecord {
     pub retries: u8,
     /// Why the request failed, when it did.
     pub error: Option<ErrorKind>,
+    /// 0 over plain TCP; 12 or 13 over TLS 1.2 or 1.3 (then field `Sni` is the name the
+    /// client asked for, empty when none).
+    pub tls: u8,
     pub text: String,
     pub ends: [u32; RecordText::COUNT],
     /// Headers and body bytes kept for `[logging.capture]` hosts; `None` otherwise.
@@ -102,11 +118,12 @@ pub enum RecordText {
     Path,
     Query,
     UserAgent,
+    Sni,
     Target,
 }
 
 impl RecordText {
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 8;
 }
 
 impl TrafficRecord {
@@ -137,6 +154,7 @@ pub(crate) mod tests {
             reused: None,
             retries: 0,
             error: None,
+            tls: 0,
             text: String::new(),
             ends: [0; RecordText::COUNT],
             capture: None,

@@ -72,6 +72,10 @@ pub struct WorkerStats {
     pub parked: Counter,
     /// Failed requests by [`ErrorKind`] (indexed by its discriminant).
     pub errors: [Counter; ErrorKind::ALL.len()],
+    /// TLS handshakes by [`TlsHandshake`] result.
+    pub tls_handshakes: [Counter; TlsHandshake::ALL.len()],
+    /// Open TLS client connections.
+    pub tls_open: Counter,
 }
 
 /// Counters of the logging thread (its only writer).
@@ -156,6 +160,8 @@ pub struct StatsReport {
     pub requests: Vec<(String, String, u8, u64)>,
     pub duration: Histogram,
     pub upstream_duration: Histogram,
+    /// Client TLS handshakes that completed.
+    pub tls_handshake: Histogram,
 }
 
 #[cfg(test)]
@@ -172,5 +178,40 @@ mod tests {
         assert_eq!(h.counts[1], 1);
         assert_eq!(h.counts[LATENCY_BUCKETS.len()], 1);
         assert_eq!(h.count(), 3);
+    }
+}
+
+/// How a client's TLS handshake ended (`dispa_tls_handshakes_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsHandshake {
+    /// A full handshake.
+    Full,
+    /// An abbreviated one: the client resumed a session (ticket).
+    Resumed,
+    /// The client's SNI names a host Dispa does not intercept.
+    RefusedSni,
+    /// A protocol error, no shared cipher or version, or the client went away.
+    Failed,
+    /// Not complete within `server.tls.handshake_timeout`.
+    Timeout,
+}
+
+impl TlsHandshake {
+    pub const ALL: [TlsHandshake; 5] = [
+        TlsHandshake::Full,
+        TlsHandshake::Resumed,
+        TlsHandshake::RefusedSni,
+        TlsHandshake::Failed,
+        TlsHandshake::Timeout,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            TlsHandshake::Full => "full",
+            TlsHandshake::Resumed => "resumed",
+            TlsHandshake::RefusedSni => "refused_sni",
+            TlsHandshake::Failed => "failed",
+            TlsHandshake::Timeout => "timeout",
+        }
     }
 }

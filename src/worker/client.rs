@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use monoio::net::TcpStream;
+use crate::io::Stream;
 use monoio::time::{timeout, timeout_at};
 
 use super::failure::Failure;
@@ -23,8 +23,18 @@ pub struct Answered {
     pub sent: bool,
 }
 
+/// What a TLS connection's handshake settled, for 421 checks and records.
+pub struct TlsInfo {
+    /// The name the client asked for (lowercase), if it sent one.
+    pub sni: Option<Box<str>>,
+    /// 12 or 13.
+    pub version: u8,
+}
+
 pub struct Client {
-    pub stream: TcpStream,
+    pub stream: Stream,
+    /// Set when the connection is TLS.
+    pub tls: Option<TlsInfo>,
     /// Bytes read from the client and not yet used.
     pub rbuf: ReadBuf,
     /// The client's IP, and as text for `X-Forwarded-For` (formatted once per connection).
@@ -36,10 +46,15 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(stream: TcpStream, ip: IpAddr) -> Self {
-        let _ = stream.set_nodelay(true);
+    pub fn new(stream: Stream, ip: IpAddr) -> Self {
+        let _ = stream.tcp().set_nodelay(true);
         let ip = ip.to_canonical();
+        let tls = stream.tls().map(|t| TlsInfo {
+            sni: t.sni().map(|s| s.to_ascii_lowercase().into()),
+            version: t.version(),
+        });
         Client {
+            tls,
             stream,
             rbuf: ReadBuf::with_capacity(BUF_START),
             ip,

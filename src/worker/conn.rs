@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use monoio::net::TcpStream;
+use crate::io::Stream;
 use monoio::time::{timeout, timeout_at};
 
-use super::client::{BUF_START, Client};
+use super::client::{BUF_START, Client, TlsInfo};
 use super::draft::RecordDraft;
 use super::exchange::{Captures, Exchange};
 use super::failure::Failure;
@@ -23,6 +23,9 @@ use crate::http::host::MAX_HOST_LEN;
 use crate::http::parse::{RequestLimits, parse_request};
 use crate::http::{Body, RequestError, RequestHead};
 use crate::io::ReadBuf;
+use crate::io::tls::TlsStream;
+use crate::msg::{ErrorKind, TlsHandshake};
+use monoio::net::TcpStream;
 
 /// Capacity of the head scratch buffer kept between requests.
 const OUT_KEEP: usize = 1024;
@@ -57,7 +60,7 @@ enum NoHead {
 /// idle connection pays for it all the time. So everything larger than the parked wait
 /// (the exchange, an active read with its timer, error replies, tunnels, lingering
 /// closes) is boxed where it is awaited and exists only while it runs.
-pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(worker: Rc<Worker>, stream: Stream, peer: SocketAddr) {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let slot = worker.open_sockets().borrow_mut().insert(fd);
     let mut conn = Conn {
@@ -81,10 +84,73 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
     worker.stats.open_connections.dec();
 }
 
+/// Serve one TLS client connection: the handshake (within `server.tls.handshake_timeout`,
+/// with the TLS config of the snapshot current when it was accepted), then [`serve`].
+/// A client refused for its SNI is recorded with the name it asked for.
+pub async fn serve_tls(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
+    let current = worker.current();
+    let config = &current.snapshot.config;
+    let (Some(tls), Some(listener)) = (config.tls.server.clone(), &config.server.tls) else {
+        worker.stats.open_connections.dec();
+        return;
+    };
+    let _ = tcp.set_nodelay(true);
+    let started = Instant::now();
+    let handshake = TlsStream::accept(tcp, tls);
+    let result = Box::pin(timeout(listener.handshake_timeout, handshake)).await;
+    let stats = &worker.stats;
+    let outcome = match result {
+        Ok(Ok(s)) => {
+            worker.count_handshake(started.elapsed());
+            let kind = if s.resumed() {
+                TlsHandshake::Resumed
+            } else {
+                TlsHandshake::Full
+            };
+            stats.tls_handshakes[kind as usize].inc();
+            stats.tls_open.inc();
+            drop(current);
+            serve(worker.clone(), Stream::Tls(Box::new(s)), peer).await;
+            stats.tls_open.dec();
+            return;
+        }
+        Ok(Err(e)) if e.refused_sni => Some(e.sni),
+        Ok(Err(_)) => {
+            stats.tls_handshakes[TlsHandshake::Failed as usize].inc();
+            None
+        }
+        Err(_) => {
+            stats.tls_handshakes[TlsHandshake::Timeout as usize].inc();
+            None
+        }
+    };
+    if let Some(sni) = outcome {
+        stats.tls_handshakes[TlsHandshake::RefusedSni as usize].inc();
+        stats.errors[ErrorKind::TlsRefused as usize].inc();
+        if config.logging.enabled {
+            let o = Outcome {
+                error: Some(ErrorKind::TlsRefused),
+                ..Outcome::default()
+            };
+            // TLS, version not negotiated (the record's tls_version is empty).
+            let info = TlsInfo {
+                sni: sni.map(Into::into),
+                version: 1,
+            };
+            let draft = RecordDraft::unparsed(&worker, Some(&info));
+            let no_bodies = || (Vec::new(), Vec::new());
+            let ip = peer.ip().to_canonical();
+            let record = draft.finish(&worker, &current, ip, &o, started.elapsed(), no_bodies);
+            worker.send_record(record);
+        }
+    }
+    stats.open_connections.dec();
+}
+
 impl Conn {
     /// Serve requests until the connection closes; returns an upstream connection when
     /// the client's connection has become a tunnel to it.
-    async fn run(&mut self) -> Option<TcpStream> {
+    async fn run(&mut self) -> Option<Stream> {
         loop {
             let head = match self.read_head(&self.worker.current()).await {
                 Ok(head) => head,
@@ -179,9 +245,12 @@ impl Conn {
         self.client.rbuf.release();
         self.out = Vec::new();
         self.worker.stats.parked.inc();
+        if self.client.stream.has_buffered() {
+            return true; // TLS bytes already read: no wait
+        }
         let open = self.worker.open_sockets();
         open.borrow_mut().park(self.slot, Instant::now() + left);
-        let woke = self.client.stream.readable(false).await;
+        let woke = self.client.stream.tcp().readable(false).await;
         let expired = !open.borrow_mut().unpark(self.slot);
         woke.is_ok() && !expired
     }
@@ -201,7 +270,7 @@ impl Conn {
         let worker = &self.worker;
         worker.count_request(&current, (NONE, NONE), outcome.status, Duration::ZERO, None);
         if current.snapshot.config.logging.enabled {
-            let draft = RecordDraft::unparsed(worker);
+            let draft = RecordDraft::unparsed(worker, self.client.tls.as_ref());
             let ip = self.client.ip;
             let no_bodies = || (Vec::new(), Vec::new());
             let record = draft.finish(worker, &current, ip, &outcome, Duration::ZERO, no_bodies);
@@ -217,19 +286,23 @@ impl Conn {
         worker.stats.requests.inc();
         // The host as matching sees it, found once: routing and the record use the same.
         // (A block: its scratch space is not kept across the awaits below.)
-        let (rule, mut draft) = {
+        let (rule, misdirected, mut draft) = {
             let mut scratch = [0u8; MAX_HOST_LEN];
             let data = self.client.rbuf.data();
             let host = head.name.as_str(data, &mut scratch);
             let rule = current.snapshot.routes.lookup(host);
+            // Over TLS a request is for the name the handshake was for, nothing else.
+            let sni = self.client.tls.as_ref().and_then(|t| t.sni.as_deref());
+            let misdirected = sni.is_some_and(|sni| !sni.eq_ignore_ascii_case(host));
+            let tls = self.client.tls.as_ref();
             let captures = &mut self.captures;
             let draft = current.snapshot.config.logging.enabled.then(|| {
-                let (draft, capture) = RecordDraft::begin(worker, current, &head, data, host);
+                let (draft, capture) = RecordDraft::begin(worker, current, &head, data, host, tls);
                 captures.request.arm(capture);
                 captures.response.arm(capture);
                 draft
             });
-            (rule, draft)
+            (rule, misdirected, draft)
         };
         let mut outcome = Outcome::default();
         let mut ex = Exchange {
@@ -246,6 +319,7 @@ impl Conn {
         let next = match rule {
             // Never forwarded anywhere: Dispa is not an open proxy.
             None => ex.refuse(Failure::NotIntercepted, &head).await,
+            Some(_) if misdirected => ex.refuse(Failure::Misdirected, &head).await,
             Some(_) if matches!(head.body, Body::Length(n) if limit > 0 && n > limit) => {
                 // Refused before anything is forwarded; the body is left unread.
                 ex.refuse(Failure::BodyTooLarge, &head).await

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use super::client::TlsInfo;
 use super::outcome::Outcome;
 use super::state::{Current, Worker};
 use crate::http::RequestHead;
@@ -13,6 +14,8 @@ use crate::msg::{Captured, RecordText, TrafficRecord};
 pub struct RecordDraft {
     start_ms: u64,
     version_minor: u8,
+    /// As [`TrafficRecord::tls`].
+    tls: u8,
     text: String,
     ends: [u32; RecordText::COUNT],
     /// Dispa made the id up (the client sent none): it goes upstream as X-Request-Id.
@@ -27,6 +30,7 @@ impl RecordDraft {
         RecordDraft {
             start_ms: crate::clock::unix_ms(),
             version_minor,
+            tls: 0,
             text: String::with_capacity(160),
             ends: [0; RecordText::COUNT],
             generated_id: false,
@@ -35,14 +39,15 @@ impl RecordDraft {
     }
 
     /// Begin the record of a request whose head is at the front of `data`; `host` is its
-    /// host name as routing matched it. Returns the draft and how many body bytes of each
-    /// direction `[logging.capture]` keeps (0: none).
+    /// host name as routing matched it, `tls` the connection's when it is TLS. Returns the
+    /// draft and how many body bytes of each direction `[logging.capture]` keeps (0: none).
     pub fn begin(
         worker: &Worker,
         current: &Current,
         head: &RequestHead,
         data: &[u8],
         host: &str,
+        tls: Option<&TlsInfo>,
     ) -> (RecordDraft, usize) {
         let mut draft = RecordDraft::new(head.minor_version);
         match field(data, &head.fields, b"x-request-id").and_then(usable_request_id) {
@@ -63,6 +68,7 @@ impl RecordDraft {
         draft.push_bytes(RecordText::Query, query);
         let ua = field(data, &head.fields, b"user-agent").unwrap_or_default();
         draft.push_bytes(RecordText::UserAgent, ua);
+        draft.push_tls(tls);
         let snapshot = &current.snapshot;
         let captured = snapshot
             .capture
@@ -83,8 +89,9 @@ impl RecordDraft {
         (draft, settings.max_body_bytes)
     }
 
-    /// The record of a request whose head could not be read: only an id.
-    pub fn unparsed(worker: &Worker) -> RecordDraft {
+    /// The record of a request whose head could not be read: only an id (and the
+    /// connection's TLS, if any).
+    pub fn unparsed(worker: &Worker, tls: Option<&TlsInfo>) -> RecordDraft {
         let mut draft = RecordDraft::new(u8::MAX);
         draft.push_new_id(worker);
         for f in [
@@ -96,7 +103,14 @@ impl RecordDraft {
         ] {
             draft.push(f, "");
         }
+        draft.push_tls(tls);
         draft
+    }
+
+    fn push_tls(&mut self, tls: Option<&TlsInfo>) {
+        self.tls = tls.map_or(0, |t| t.version);
+        let sni = tls.and_then(|t| t.sni.as_deref()).unwrap_or("");
+        self.push(RecordText::Sni, sni);
     }
 
     /// The id Dispa made up for this request, to send upstream as X-Request-Id (`None`:
@@ -137,6 +151,7 @@ impl RecordDraft {
             reused: o.reused,
             retries: o.retries,
             error: o.error,
+            tls: self.tls,
             text: self.text,
             ends: self.ends,
             capture: self.capture.map(|mut c| {

@@ -24,6 +24,9 @@ pub enum Failure {
     HeadTimeout,
     /// The host is not intercepted: nothing is forwarded.
     NotIntercepted,
+    /// Over TLS, the Host is not the name the client asked for in its handshake (SNI):
+    /// 421, never another domain's target.
+    Misdirected,
     /// The body is over `limits.max_body_bytes` (by its Content-Length, or as it grew).
     BodyTooLarge,
     /// The body did not arrive within `timeouts.client_body`.
@@ -40,6 +43,8 @@ pub enum Failure {
     // --- the target's side
     ConnectFailed,
     ConnectTimeout,
+    /// The TLS handshake with an `https://` target failed (its certificate, most often).
+    UpstreamTls,
     /// Writing the request head did not finish within `timeouts.send`.
     SendTimeout,
     /// The target stopped reading the request body and sent no answer.
@@ -69,10 +74,10 @@ impl Failure {
     pub fn side(self) -> Side {
         use Failure::*;
         match self {
-            BadHead(_) | HeadTimeout | NotIntercepted | BodyTooLarge | BodyTimeout
-            | BadChunkedBody | ClientGone => Side::Client,
+            BadHead(_) | HeadTimeout | NotIntercepted | Misdirected | BodyTooLarge
+            | BodyTimeout | BadChunkedBody | ClientGone => Side::Client,
             NoTarget | TooManyConnections => Side::Proxy,
-            ConnectFailed | ConnectTimeout | SendTimeout | StoppedReading | Stale
+            ConnectFailed | ConnectTimeout | UpstreamTls | SendTimeout | StoppedReading | Stale
             | ResponseTimeout | BadResponse | TooManyInterim | UnaskedSwitch
             | ClosedMidResponse | StalledMidResponse | Truncated => Side::Upstream,
         }
@@ -86,6 +91,7 @@ impl Failure {
             BadHead(e) => (e.status(), e.reason()),
             HeadTimeout => (408, "timed out reading the request head"),
             NotIntercepted => (404, "domain not intercepted"),
+            Misdirected => (421, "misdirected request: Host is not the TLS server name"),
             BodyTooLarge => (413, "request body too large"),
             BodyTimeout => (408, "timed out reading the request body"),
             BadChunkedBody => (400, "invalid chunked request body"),
@@ -93,6 +99,7 @@ impl Failure {
             TooManyConnections => (503, "too many connections"),
             ConnectFailed => (502, "cannot connect to the target"),
             ConnectTimeout => (504, "timed out connecting to the target"),
+            UpstreamTls => (502, "TLS handshake with the target failed"),
             SendTimeout => (504, "timed out sending to the target"),
             StoppedReading => (502, "target stopped reading the request"),
             Stale => (502, "target closed the connection"),
@@ -114,8 +121,10 @@ impl Failure {
             BadHead(_) | HeadTimeout => ErrorKind::BadRequest,
             NotIntercepted | TooManyConnections => return None,
             BodyTooLarge | BodyTimeout | BadChunkedBody | ClientGone => ErrorKind::Client,
+            Misdirected => ErrorKind::Misdirected,
             NoTarget => ErrorKind::NoTarget,
             ConnectFailed => ErrorKind::Connect,
+            UpstreamTls => ErrorKind::UpstreamTls,
             ConnectTimeout => ErrorKind::ConnectTimeout,
             SendTimeout | ResponseTimeout | StalledMidResponse => ErrorKind::Timeout,
             StoppedReading | BadResponse | TooManyInterim | UnaskedSwitch | ClosedMidResponse => {
@@ -152,12 +161,13 @@ impl Failure {
             | BodyTooLarge => stats.rejected_limits.inc(),
             BadHead(_) => stats.rejected_bad_request.inc(),
             NotIntercepted => stats.not_intercepted.inc(),
+            Misdirected => {}
             TooManyConnections => stats.refused_connections.inc(),
             SendTimeout | ResponseTimeout | StalledMidResponse => stats.upstream_timeouts.inc(),
             StoppedReading | Stale | BadResponse | TooManyInterim | UnaskedSwitch
             | ClosedMidResponse => stats.upstream_bad_responses.inc(),
             // Connect failures are counted per attempt, where they happen.
-            ConnectFailed | ConnectTimeout | NoTarget => {}
+            ConnectFailed | ConnectTimeout | UpstreamTls | NoTarget => {}
             BodyTimeout | BadChunkedBody | ClientGone | Truncated => {}
         }
     }
@@ -167,7 +177,9 @@ impl Failure {
 mod tests {
     use super::*;
 
-    const ALL: [Failure; 23] = [
+    const ALL: [Failure; 25] = [
+        Failure::Misdirected,
+        Failure::UpstreamTls,
         Failure::TooManyInterim,
         Failure::BadHead(RequestError::UriTooLong),
         Failure::HeadTimeout,

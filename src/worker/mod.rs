@@ -46,6 +46,8 @@ pub struct Start {
     pub id: usize,
     pub core: Option<core_affinity::CoreId>,
     pub listener: std::net::TcpListener,
+    /// `[server.tls]`'s listener, when configured.
+    pub tls_listener: Option<std::net::TcpListener>,
     pub snapshot: Arc<Snapshot>,
     pub inbox_rx: Receiver<WorkerMsg>,
     pub ready_tx: Sender<WorkerReady>,
@@ -130,6 +132,7 @@ async fn serve(start: Start, driver: &'static str) {
     let Start {
         id,
         listener,
+        tls_listener,
         snapshot,
         inbox_rx,
         ready_tx,
@@ -160,31 +163,15 @@ async fn serve(start: Start, driver: &'static str) {
         drain.clone(),
     ));
 
-    loop {
-        match listener.cancelable_accept(accept_cancel.clone()).await {
-            Ok((stream, peer)) => {
-                worker.stats.accepted.inc();
-                let max_connections = worker.current().snapshot.config.limits.max_connections;
-                if worker.stats.open_connections.get() >= max_connections as u64 {
-                    // One short answer and close; the write lands in the fresh socket's
-                    // empty send buffer, so this task never waits on the client.
-                    Failure::TooManyConnections.count(&worker.stats);
-                    monoio::spawn(refuse(stream));
-                    continue;
-                }
-                // Counted here, not in the task, so that a burst of accepts sees it.
-                worker.stats.open_connections.inc();
-                monoio::spawn(conn::serve(worker.clone(), stream, peer));
+    if let Some(tls_listener) = tls_listener {
+        match monoio::net::TcpListener::from_std(tls_listener) {
+            Ok(l) => {
+                monoio::spawn(accept(worker.clone(), l, accept_cancel.clone(), true));
             }
-            Err(_) if worker.stopping.get() => break,
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::debug!(worker = id, error = %e, "accept failed");
-                monoio::time::sleep(Duration::from_millis(10)).await;
-            }
+            Err(e) => tracing::error!(worker = id, error = %e, "TLS listener"),
         }
     }
-    drop(listener);
+    accept(worker.clone(), listener, accept_cancel, false).await;
     // In-flight requests finish (up to the drain time); idle keep-alive connections are
     // closed when the runtime drops their tasks.
     let deadline = Instant::now() + drain.get();
@@ -199,6 +186,46 @@ async fn serve(start: Start, driver: &'static str) {
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
     worker.report();
+}
+
+/// Accept connections on `listener` until the worker stops; `tls`: TLS connections.
+async fn accept(
+    worker: Rc<Worker>,
+    listener: monoio::net::TcpListener,
+    cancel: monoio::io::CancelHandle,
+    tls: bool,
+) {
+    loop {
+        match listener.cancelable_accept(cancel.clone()).await {
+            Ok((stream, peer)) => {
+                worker.stats.accepted.inc();
+                let max_connections = worker.current().snapshot.config.limits.max_connections;
+                if worker.stats.open_connections.get() >= max_connections as u64 {
+                    // One short answer and close; the write lands in the fresh socket's
+                    // empty send buffer, so this task never waits on the client. (A TLS
+                    // client is closed: there is no session to answer in.)
+                    Failure::TooManyConnections.count(&worker.stats);
+                    if !tls {
+                        monoio::spawn(refuse(stream));
+                    }
+                    continue;
+                }
+                // Counted here, not in the task, so that a burst of accepts sees it.
+                worker.stats.open_connections.inc();
+                if tls {
+                    monoio::spawn(conn::serve_tls(worker.clone(), stream, peer));
+                } else {
+                    monoio::spawn(conn::serve(worker.clone(), stream.into(), peer));
+                }
+            }
+            Err(_) if worker.stopping.get() => break,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::debug!(worker = worker.id, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
 }
 
 /// Answer a connection over `limits.max_connections` with 503 and close it.

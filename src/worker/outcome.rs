@@ -58,7 +58,7 @@ pub enum Next {
     KeepAlive,
     Close,
     /// The target switched protocols: relay bytes both ways on this upstream connection.
-    Tunnel(monoio::net::TcpStream),
+    Tunnel(crate::io::Stream),
 }
 
 impl Next {

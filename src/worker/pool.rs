@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use monoio::net::TcpStream;
+use crate::io::Stream;
 
 struct Idle {
-    stream: TcpStream,
+    stream: Stream,
     since: Instant,
 }
 
@@ -37,7 +37,7 @@ impl Pool {
     }
 
     /// The freshest usable idle connection to target `id`, if any.
-    pub fn take(&self, id: u64) -> Option<TcpStream> {
+    pub fn take(&self, id: u64) -> Option<Stream> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&id)?;
         while let Some(c) = list.pop() {
@@ -50,7 +50,7 @@ impl Pool {
 
     /// Keep `stream` to target `id` for reuse (closing it when the target already has
     /// `max_idle`, or is no longer configured).
-    pub fn put(&self, id: u64, stream: TcpStream) {
+    pub fn put(&self, id: u64, stream: Stream) {
         let mut idle = self.idle.borrow_mut();
         if let Some(list) = idle.get_mut(&id)
             && list.len() < self.max_idle.get()
@@ -88,7 +88,7 @@ impl Pool {
 }
 
 /// No unread bytes and not closed: a non-blocking `MSG_PEEK` must find nothing to read.
-fn is_clean(stream: &TcpStream) -> bool {
+fn is_clean(stream: &Stream) -> bool {
     let mut byte = 0u8;
     // SAFETY: recv into a valid 1-byte buffer on a socket fd we own; MSG_PEEK consumes nothing.
     let n = unsafe {

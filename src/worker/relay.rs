@@ -5,8 +5,8 @@
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
+use crate::io::Stream;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
 use monoio::time::timeout;
 
 use crate::http::body::{ChunkError, ChunkedDecoder, LAST_CHUNK, Step, chunk_header};
@@ -96,7 +96,7 @@ fn push_data(out: &mut Vec<u8>, data: &[u8], rechunk: bool) {
     }
 }
 
-async fn fill(src: &mut TcpStream, buf: &mut ReadBuf, bounds: Bounds) -> Result<usize, RelayError> {
+async fn fill(src: &mut Stream, buf: &mut ReadBuf, bounds: Bounds) -> Result<usize, RelayError> {
     match timeout(bounds.read, buf.fill(src, BODY_BUF_MAX)).await {
         Ok(Ok(0)) => Err(RelayError::Read(ReadFailure::Eof)),
         Ok(Ok(n)) => Ok(n),
@@ -106,7 +106,7 @@ async fn fill(src: &mut TcpStream, buf: &mut ReadBuf, bounds: Bounds) -> Result<
 }
 
 async fn send_front(
-    dst: &mut TcpStream,
+    dst: &mut Stream,
     buf: &mut ReadBuf,
     n: usize,
     bounds: Bounds,
@@ -117,11 +117,7 @@ async fn send_front(
     }
 }
 
-async fn send_vec(
-    dst: &mut TcpStream,
-    out: &mut Vec<u8>,
-    bounds: Bounds,
-) -> Result<(), RelayError> {
+async fn send_vec(dst: &mut Stream, out: &mut Vec<u8>, bounds: Bounds) -> Result<(), RelayError> {
     match timeout(bounds.write, write_vec(dst, out)).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(RelayError::Write),
@@ -130,9 +126,9 @@ async fn send_vec(
 
 /// Relay exactly `remaining` bytes; bytes beyond them stay in `buf`.
 pub async fn length(
-    src: &mut TcpStream,
+    src: &mut Stream,
     buf: &mut ReadBuf,
-    dst: &mut TcpStream,
+    dst: &mut Stream,
     mut remaining: u64,
     bounds: Bounds,
     capture: &mut BodyCapture,
@@ -158,9 +154,9 @@ pub async fn length(
 /// Relay a chunked body. `rechunk`: re-frame as chunked (else send the bare data, for a
 /// close-delimited HTTP/1.0 response). Trailers are dropped. Returns the data bytes.
 pub async fn chunked(
-    src: &mut TcpStream,
+    src: &mut Stream,
     buf: &mut ReadBuf,
-    dst: &mut TcpStream,
+    dst: &mut Stream,
     out: &mut Vec<u8>,
     rechunk: bool,
     bounds: Bounds,
@@ -212,9 +208,9 @@ pub async fn chunked(
 
 /// Relay until `src` closes. `rechunk`: frame what arrives as chunks (HTTP/1.1 client).
 pub async fn until_close(
-    src: &mut TcpStream,
+    src: &mut Stream,
     buf: &mut ReadBuf,
-    dst: &mut TcpStream,
+    dst: &mut Stream,
     out: &mut Vec<u8>,
     rechunk: bool,
     bounds: Bounds,
@@ -254,8 +250,12 @@ pub async fn until_close(
 /// After a `101`: copy bytes both ways. Each side's end of stream is passed on as a
 /// half-close; the tunnel ends when both directions have ended, or when no byte has
 /// moved either way for `idle`.
-pub async fn tunnel(client: TcpStream, upstream: TcpStream, idle: Duration) {
+pub async fn tunnel(client: Stream, upstream: Stream, idle: Duration) {
     use monoio::io::Splitable;
+    let (client, upstream) = match (client, upstream) {
+        (Stream::Plain(c), Stream::Plain(u)) => (c, u),
+        (c, u) => return tunnel_tls(c, u, idle).await,
+    };
     let (mut cr, mut cw) = client.into_split();
     let (mut ur, mut uw) = upstream.into_split();
     let activity = Cell::new(Instant::now());
@@ -263,6 +263,70 @@ pub async fn tunnel(client: TcpStream, upstream: TcpStream, idle: Duration) {
         pump(&mut cr, &mut uw, &activity, idle),
         pump(&mut ur, &mut cw, &activity, idle)
     );
+}
+
+/// A tunnel where a side speaks TLS: one TLS session cannot be read and written from two
+/// tasks, so one task waits for either side, cancels the other read (which keeps what it
+/// had read) and writes what came. A write holds up reading both sides while it lasts.
+async fn tunnel_tls(mut a: Stream, mut b: Stream, idle: Duration) {
+    use crate::io::is_cancelled;
+    use monoio::io::Canceller;
+    const MAX: usize = 16 * 1024;
+    let mut abuf = ReadBuf::with_capacity(MAX);
+    let mut bbuf = ReadBuf::with_capacity(MAX);
+    let (mut a_open, mut b_open) = (true, true);
+    let mut last = Instant::now();
+    while a_open || b_open {
+        let (ca, cb) = (Canceller::new(), Canceller::new());
+        let (ra, rb) = {
+            let mut fa = std::pin::pin!(abuf.fill_cancelable(&mut a, MAX, ca.handle()));
+            let mut fb = std::pin::pin!(bbuf.fill_cancelable(&mut b, MAX, cb.handle()));
+            let idle_end = monoio::time::sleep_until((last + idle).into());
+            match (a_open, b_open) {
+                (true, true) => monoio::select! {
+                    r = &mut fa => { let _ = cb.cancel(); (Some(r), Some(fb.await)) }
+                    r = &mut fb => { let _ = ca.cancel(); (Some(fa.await), Some(r)) }
+                    _ = idle_end => { let _ = ca.cancel(); let _ = cb.cancel(); (Some(fa.await), Some(fb.await)) }
+                },
+                (true, false) => monoio::select! {
+                    r = &mut fa => (Some(r), None),
+                    _ = idle_end => { let _ = ca.cancel(); (Some(fa.await), None) }
+                },
+                _ => monoio::select! {
+                    r = &mut fb => (None, Some(r)),
+                    _ = idle_end => { let _ = cb.cancel(); (None, Some(fb.await)) }
+                },
+            }
+        };
+        let mut moved = false;
+        for (res, open, buf, dst) in [
+            (ra, &mut a_open, &mut abuf, &mut b),
+            (rb, &mut b_open, &mut bbuf, &mut a),
+        ] {
+            match res {
+                Some(Err(e)) if is_cancelled(&e) => {}
+                None => {}
+                Some(Ok(n)) if n > 0 => {
+                    moved = true;
+                    let len = buf.len();
+                    let write = timeout(idle, buf.write_front(dst, len));
+                    if !matches!(write.await, Ok(Ok(()))) {
+                        return;
+                    }
+                }
+                Some(_) => {
+                    // End of stream or an error: pass the end on as a half-close.
+                    *open = false;
+                    let _ = dst.shutdown().await;
+                }
+            }
+        }
+        if moved {
+            last = Instant::now();
+        } else if last.elapsed() >= idle {
+            break;
+        }
+    }
 }
 
 async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(

@@ -154,6 +154,11 @@ impl Worker {
             .add(&current.snapshot, now, rule_target, status, total, upstream);
     }
 
+    /// Count one completed client TLS handshake (`dispa_tls_handshake_seconds`).
+    pub fn count_handshake(&self, took: Duration) {
+        self.counts.borrow_mut().add_handshake(took);
+    }
+
     /// Passive health: tell the control thread about a failed connection attempt, and
     /// about the first success after failures.
     pub fn note_target(&self, id: u64, ok: bool) {
@@ -184,7 +189,10 @@ impl Worker {
                 ..StatsReport::default()
             });
         counts.drain_into(&mut report, &self.current().snapshot);
-        if report.requests.is_empty() && report.duration.count() == 0 {
+        if report.requests.is_empty()
+            && report.duration.count() == 0
+            && report.tls_handshake.count() == 0
+        {
             return;
         }
         match self

@@ -19,6 +19,7 @@ pub struct RequestCounts {
     labelled: Vec<(String, String, u8, u64)>,
     duration: Histogram,
     upstream_duration: Histogram,
+    tls_handshake: Histogram,
 }
 
 impl RequestCounts {
@@ -46,6 +47,11 @@ impl RequestCounts {
         }
     }
 
+    /// Count one completed client TLS handshake.
+    pub fn add_handshake(&mut self, took: Duration) {
+        self.tls_handshake.observe(took.as_secs_f64());
+    }
+
     /// Add everything counted into `report`, labelled with `snapshot`'s names (the one the
     /// worker runs now).
     pub fn drain_into(self, report: &mut StatsReport, snapshot: &Snapshot) {
@@ -56,6 +62,7 @@ impl RequestCounts {
         report.requests.extend(self.labelled);
         report.duration.merge(&self.duration);
         report.upstream_duration.merge(&self.upstream_duration);
+        report.tls_handshake.merge(&self.tls_handshake);
     }
 }
 

@@ -145,7 +145,7 @@ interval = 10
 
 #[test]
 fn demo_runs_two_backends_and_spreads_load() {
-    let (_demo, addr, _) = spawn_dispa(&[BIN, "demo", "--port", "0"]);
+    let (demo, addr, _, tls) = spawn_dispa_tls(&[BIN, "demo", "--port", "0"]);
     let mut c = Client::connect(addr);
     let a = c.get("example.com", "/").text();
     let b = c.get("api.test.com", "/").text();
@@ -154,6 +154,12 @@ fn demo_runs_two_backends_and_spreads_load() {
         "{a} / {b}"
     );
     assert_eq!(c.get("test.com", "/").status, 404);
+    // HTTPS, verified with the certificate the demo made (the one its curl line names).
+    let tls = tls.expect("the demo serves HTTPS");
+    let cert = std::env::temp_dir().join(format!("dispa-demo-{}/demo.pem", demo.0.id()));
+    let trust = super::tls::client_config(&[&cert]);
+    let r = super::tls::tls_client(tls, "api.test.com", &trust).get("api.test.com", "/");
+    assert!(r.text().contains("hello from backend"), "{}", r.text());
 }
 
 #[test]

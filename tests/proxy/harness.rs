@@ -203,7 +203,7 @@ fn serve(
 
 /// Read into `buf` until `done(buf)` returns a position; `None` on EOF/error.
 pub fn read_until(
-    s: &mut TcpStream,
+    s: &mut impl Read,
     buf: &mut Vec<u8>,
     done: impl Fn(&[u8]) -> Option<usize>,
 ) -> Option<usize> {
@@ -219,7 +219,7 @@ pub fn read_until(
     }
 }
 
-fn read_chunked(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+fn read_chunked(s: &mut impl Read, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
     let mut body = Vec::new();
     loop {
         let line_end = read_until(s, buf, |b| find(b, b"\r\n"))?;
@@ -255,9 +255,9 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// A raw client connection to Dispa.
-pub struct Client {
-    pub stream: TcpStream,
+/// A raw client connection to Dispa (plain TCP, or TLS: [`tls_client`]).
+pub struct Client<S: Read + Write = TcpStream> {
+    pub stream: S,
     buf: Vec<u8>,
 }
 
@@ -285,8 +285,10 @@ impl Client {
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         Client::from_stream(stream)
     }
+}
 
-    pub fn from_stream(stream: TcpStream) -> Client {
+impl<S: Read + Write> Client<S> {
+    pub fn from_stream(stream: S) -> Client<S> {
         Client {
             stream,
             buf: Vec::new(),
@@ -618,6 +620,14 @@ impl Drop for Spawned {
 /// "dispa started" log line; returns the process and the `listen` and `status_api`
 /// addresses it logged.
 pub fn spawn_dispa(argv: &[&str]) -> (Spawned, SocketAddr, Option<SocketAddr>) {
+    let (child, listen, status, _) = spawn_dispa_tls(argv);
+    (child, listen, status)
+}
+
+/// [`spawn_dispa`], also returning the `tls` address it logged.
+pub fn spawn_dispa_tls(
+    argv: &[&str],
+) -> (Spawned, SocketAddr, Option<SocketAddr>, Option<SocketAddr>) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(argv[0])
         .args(&argv[1..])
@@ -645,14 +655,14 @@ pub fn spawn_dispa(argv: &[&str]) -> (Spawned, SocketAddr, Option<SocketAddr>) {
                 value.trim_matches('"').parse().ok()
             };
             if let Some(listen) = field("listen") {
-                let _ = tx.send((listen, field("status_api")));
+                let _ = tx.send((listen, field("status_api"), field("tls")));
             }
         }
     });
-    let (listen, status) = rx
+    let (listen, status, tls) = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("dispa did not report its address");
-    (child, listen, status)
+    (child, listen, status, tls)
 }
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_dispa");

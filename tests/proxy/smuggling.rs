@@ -4,8 +4,6 @@
 //! connection (so the canary pipelined behind it is never read as a request); an accepted
 //! one must leave the connection usable for the canary's own answer.
 
-use std::net::SocketAddr;
-
 use super::harness::*;
 
 const CANARY: &[u8] = b"GET /canary HTTP/1.1\r\nHost: example.com\r\n\r\n";
@@ -78,22 +76,18 @@ const REJECTED: &[(&str, u16, &[u8])] = &[
     ("CONNECT", 405, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"),
 ];
 
-/// Send `case` with the canary pipelined behind it on one connection.
-fn send_with_canary(addr: SocketAddr, case: &[u8]) -> Client {
-    let mut c = Client::connect(addr);
-    let mut bytes = case.to_vec();
-    bytes.extend_from_slice(CANARY);
-    c.send(&bytes);
-    c
-}
-
-#[test]
-fn ambiguous_requests_are_refused_and_nothing_is_forwarded() {
-    let b = Backend::named("b");
-    let p = proxy(&config(&[b.addr], "round_robin", ""));
+/// Send every [`REJECTED`] case with the canary pipelined behind it, each on a connection
+/// from `connect`; returns what went wrong (also used over TLS, tests/proxy/tls.rs).
+pub fn check_rejected<S: std::io::Read + std::io::Write>(
+    b: &Backend,
+    connect: impl Fn() -> Client<S>,
+) -> Vec<String> {
     let mut wrong = Vec::new();
     for (name, status, case) in REJECTED {
-        let mut c = send_with_canary(p.local_addr(), case);
+        let mut c = connect();
+        let mut bytes = case.to_vec();
+        bytes.extend_from_slice(CANARY);
+        c.send(&bytes);
         let r = c.read_response(false);
         if r.status != *status {
             wrong.push(format!("{name}: got {} want {status}", r.status));
@@ -108,6 +102,14 @@ fn ambiguous_requests_are_refused_and_nothing_is_forwarded() {
             b.seen.lock().unwrap().clear();
         }
     }
+    wrong
+}
+
+#[test]
+fn ambiguous_requests_are_refused_and_nothing_is_forwarded() {
+    let b = Backend::named("b");
+    let p = proxy(&config(&[b.addr], "round_robin", ""));
+    let wrong = check_rejected(&b, || Client::connect(p.local_addr()));
     assert!(wrong.is_empty(), "{wrong:#?}");
     // The proxy is still there for well-formed clients.
     assert_eq!(get(p.local_addr(), "example.com", "/after").status, 200);
@@ -153,7 +155,8 @@ fn tolerated_forms_are_normalised_and_keep_framing() {
     ];
     for (name, case, framing, body) in cases {
         b.seen.lock().unwrap().clear();
-        let mut c = send_with_canary(p.local_addr(), case);
+        let mut c = Client::connect(p.local_addr());
+        c.send(&[*case, CANARY].concat());
         let r = c.read_response(false);
         assert_eq!(r.status, 200, "{name}");
         let canary = c.read_response(false);

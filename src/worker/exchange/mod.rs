@@ -130,7 +130,9 @@ impl Exchange<'_> {
                     self.outcome.retries += 1;
                     self.outcome.reused = Some(false);
                     self.ubuf.consume(self.ubuf.len());
-                    match upstream::connect(self.worker, target, cfg.timeouts.connect).await {
+                    match upstream::connect(self.worker, target, &cfg.tls, cfg.timeouts.connect)
+                        .await
+                    {
                         Ok(stream) => up = Upstream::new(stream),
                         Err(f) => return self.fail(f).await,
                     }
@@ -161,6 +163,7 @@ impl Exchange<'_> {
             host_override: target.rewrite_host.then_some(target.authority.as_bytes()),
             client_ip: &self.client.ip_text,
             request_id: self.record.as_ref().and_then(|r| r.generated_id()),
+            https: self.client.tls.is_some(),
         };
         encode::request_head(self.out, self.client.rbuf.data(), head, &fwd);
         self.client.rbuf.consume(head.head_len);

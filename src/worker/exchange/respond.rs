@@ -3,7 +3,7 @@
 //! one is streamed, and the upstream connection goes back to the pool when it can be used
 //! again.
 
-use monoio::net::TcpStream;
+use crate::io::Stream;
 use monoio::time::timeout;
 
 use super::Exchange;
@@ -34,7 +34,7 @@ pub struct Sent<'a> {
 pub async fn respond(
     ex: &mut Exchange<'_>,
     req: Sent<'_>,
-    upstream: TcpStream,
+    upstream: Stream,
     r: ResponseHead,
 ) -> Result<Next, Failure> {
     if r.status == 101 {
@@ -86,7 +86,7 @@ pub async fn respond(
 async fn switch_protocols(
     ex: &mut Exchange<'_>,
     req: &Sent<'_>,
-    mut upstream: TcpStream,
+    mut upstream: Stream,
     r: &ResponseHead,
 ) -> Result<Next, Failure> {
     if req.head.upgrade.is_none() {
@@ -123,7 +123,7 @@ async fn switch_protocols(
 /// with the head). Nothing was sent to the client yet: a failure gets a clean answer.
 async fn read_whole_body(
     ex: &mut Exchange<'_>,
-    upstream: &mut TcpStream,
+    upstream: &mut Stream,
     head_len: usize,
     n: u64,
     target: usize,
@@ -155,7 +155,7 @@ async fn send_head(ex: &mut Exchange<'_>) -> Result<(), Failure> {
 /// close-delimited, bare for HTTP/1.0 ones. A body that breaks off is never completed.
 async fn stream_body(
     ex: &mut Exchange<'_>,
-    upstream: &mut TcpStream,
+    upstream: &mut Stream,
     r: &ResponseHead,
     framing: ClientFraming,
     target: usize,
@@ -185,7 +185,7 @@ async fn stream_body(
 /// Put the upstream connection back in the pool when it can carry another request: the
 /// target allows it and nothing follows the response (bytes after a complete response
 /// mean the target is confused).
-fn settle_upstream(ex: &mut Exchange<'_>, upstream: TcpStream, keep: bool, target: usize) {
+fn settle_upstream(ex: &mut Exchange<'_>, upstream: Stream, keep: bool, target: usize) {
     let clean = ex.ubuf.is_empty();
     ex.ubuf.consume(ex.ubuf.len());
     if keep && clean {

@@ -2,10 +2,15 @@
 //! tried, an idle pooled connection is taken when there is one, else a new one is opened;
 //! connect failures fail over to the next target, up to `upstream.max_tries`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
-use monoio::time::timeout;
+use monoio::time::timeout_at;
+use rustls::pki_types::ServerName;
+
+use crate::config::TlsMaterial;
+use crate::io::Stream;
+use crate::io::tls::TlsStream;
 
 use super::Exchange;
 use crate::balance::Candidates;
@@ -15,14 +20,14 @@ use crate::worker::state::Worker;
 
 /// A connection to the target of an exchange.
 pub struct Upstream {
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// It came from the pool: a failure before any response byte may mean it had gone
     /// stale while idle.
     pub reused: bool,
 }
 
 impl Upstream {
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn new(stream: Stream) -> Self {
         Upstream {
             stream,
             reused: false,
@@ -73,7 +78,14 @@ pub async fn pick_and_connect(ex: &mut Exchange<'_>) -> Result<(usize, Upstream)
             let reused = true;
             return Ok((idx, Upstream { stream, reused }));
         }
-        match connect(ex.worker, &snap.targets[idx], cfg.timeouts.connect).await {
+        match connect(
+            ex.worker,
+            &snap.targets[idx],
+            &cfg.tls,
+            cfg.timeouts.connect,
+        )
+        .await
+        {
             Ok(stream) => return Ok((idx, Upstream::new(stream))),
             Err(f) => {
                 last = f;
@@ -85,20 +97,50 @@ pub async fn pick_and_connect(ex: &mut Exchange<'_>) -> Result<(usize, Upstream)
     Err(last)
 }
 
-/// Open a new connection to `target` within `limit`; the outcome feeds passive health.
+/// Open a new connection to `target` within `limit` (TCP, and the TLS handshake of an
+/// `https://` target); the outcome feeds passive health.
 pub async fn connect(
     worker: &Worker,
     target: &TargetSpec,
+    tls: &TlsMaterial,
     limit: Duration,
-) -> Result<TcpStream, Failure> {
+) -> Result<Stream, Failure> {
     let stats = &worker.stats;
     stats.upstream_connects.inc();
-    let result = timeout(limit, TcpStream::connect_addr(target.addr)).await;
+    let deadline = Instant::now() + limit;
+    let result = timeout_at(deadline.into(), TcpStream::connect_addr(target.addr)).await;
+    if let (Ok(Ok(tcp)), Some(t)) = (&result, &target.tls) {
+        let _ = tcp.set_nodelay(true);
+        let Ok(Ok(tcp)) = result else { unreachable!() };
+        let config = if t.verify {
+            &tls.verified
+        } else {
+            &tls.unverified
+        };
+        let (Some(config), Ok(name)) = (config, ServerName::try_from(t.server_name.clone())) else {
+            worker.note_target(target.id, false);
+            return Err(Failure::UpstreamTls);
+        };
+        let handshake = TlsStream::connect(tcp, config.clone(), name);
+        let ok = match timeout_at(deadline.into(), handshake).await {
+            Ok(Ok(s)) => Ok(Stream::Tls(Box::new(s))),
+            Ok(Err(e)) => {
+                tracing::debug!(target = %target.name, error = %e, "TLS handshake with target failed");
+                Err(Failure::UpstreamTls)
+            }
+            Err(_) => Err(Failure::ConnectTimeout),
+        };
+        worker.note_target(target.id, ok.is_ok());
+        if ok.is_err() {
+            stats.upstream_connect_failures.inc();
+        }
+        return ok;
+    }
     worker.note_target(target.id, matches!(result, Ok(Ok(_))));
     match result {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
-            Ok(stream)
+            Ok(Stream::Plain(stream))
         }
         Ok(Err(e)) => {
             stats.upstream_connect_failures.inc();
