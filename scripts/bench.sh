@@ -21,6 +21,12 @@
 # 16k / 1m (static 16 KiB / 1 MiB bodies), c1000 / c10000 (1,000 / 10,000 keep-alive
 # connections), post (chunked 16 KiB uploads), rate (a fixed rate, $RATE or half of
 # nginx's small-body median, for latency without saturation; needs oha).
+# TLS workloads (every proxy also terminates TLS for "localhost" with the same certificate,
+# ECDSA P-256, or RSA 2048 with TLS_KEY=rsa; nginx with ssl_session_cache and tickets):
+# tls-small (keep-alive 5-byte GETs over TLS), tls-1m (1 MiB responses over TLS),
+# tls-resume (a new connection per request: wrk resumes each session with a ticket) and
+# tls-new (full TLS 1.3 handshakes, no request: openssl s_time -new; CPU per handshake).
+#   TLS_KEY=ecdsa WORKLOADS="tls-small tls-1m tls-resume tls-new" SCENARIOS="dispa nginx haproxy" LOG=on scripts/bench.sh
 # Dispa records every request (gzip files + SQLite) except in dispa-norec; dispa-spare is
 # dispa allowed both CPUs: its one worker still pins itself to $PROXY_CPU (the first CPU it
 # may use) and the logging and control threads may run on $LOAD_CPU's idle time, the layout
@@ -41,14 +47,26 @@ SCENARIOS=${SCENARIOS:-"direct dispa nginx haproxy"}
 RATE=${RATE:-auto}
 BASE_BIN=${BASE_BIN:-target/release/dispa}
 BACKEND_PORT=18091 NGINX_PORT=18093 HAPROXY_PORT=18094 DISPA_PORT=18100
+NGINX_TLS_PORT=18095 HAPROXY_TLS_PORT=18096 TLS_KEY=${TLS_KEY:-ecdsa}
 
-need wrk wrk; need nginx nginx-light; need haproxy haproxy; need curl curl
+need wrk wrk; need nginx nginx-light; need haproxy haproxy; need curl curl; need openssl openssl
 # common.sh raised the open-files limit to the hard limit (NOFILE). A proxy holds a
 # client and an upstream connection per request in flight, so "c10000" is capped at
 # half the limit (a container's hard limit of 20,000 gives 9,900 connections).
 HUGE=${HUGE:-$(( (NOFILE - 200) / 2 < 10000 ? (NOFILE - 200) / 2 : 10000 ))}
 
 start_work bench
+
+# --- one certificate for "localhost", used by every proxy's TLS listener -----------------
+case $TLS_KEY in
+  ecdsa) KEYOPT=(-newkey ec -pkeyopt ec_paramgen_curve:P-256);;
+  rsa) KEYOPT=(-newkey rsa:2048);;
+  *) echo "TLS_KEY is ecdsa or rsa" >&2; exit 2;;
+esac
+openssl req -x509 "${KEYOPT[@]}" -nodes -days 2 -subj /CN=localhost \
+  -addext "subjectAltName=DNS:localhost" -keyout "$WORK/tls.key" -out "$WORK/tls.pem" 2>/dev/null
+cat "$WORK/tls.pem" "$WORK/tls.key" > "$WORK/tls-haproxy.pem"
+chmod 644 "$WORK/tls.pem" "$WORK/tls.key" "$WORK/tls-haproxy.pem"
 
 # --- backend: nginx, one worker: 5-byte answers, static 16 KiB and 1 MiB files -----------
 mkdir -p "$WORK/www"
@@ -93,8 +111,13 @@ bind = "127.0.0.1:$port"
 workers = 1
 backlog = 16384
 $(dispa_extra "$s")
+[server.tls]
+bind = "127.0.0.1:$((port + 5))"
+[[server.tls.certificates]]
+cert = "$WORK/tls.pem"
+key = "$WORK/tls.key"
 [domains]
-intercept_domains = ["example.com"]
+intercept_domains = ["example.com", "localhost"]
 [[targets.targets]]
 name = "backend"
 url = "http://127.0.0.1:$BACKEND_PORT"
@@ -121,6 +144,12 @@ http { $NLOG keepalive_requests 1000000; client_max_body_size 0;
   server { listen 127.0.0.1:$NGINX_PORT reuseport backlog=16384; server_name example.com;
     location / { proxy_pass http://backend; proxy_http_version 1.1;
       proxy_set_header Connection ""; proxy_set_header Host \$host;
+      proxy_request_buffering off; } }
+  server { listen 127.0.0.1:$NGINX_TLS_PORT ssl reuseport backlog=16384; server_name localhost;
+    ssl_certificate $WORK/tls.pem; ssl_certificate_key $WORK/tls.key;
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m; ssl_session_tickets on;
+    location / { proxy_pass http://backend; proxy_http_version 1.1;
+      proxy_set_header Connection ""; proxy_set_header Host \$host;
       proxy_request_buffering off; } } }
 CONF
 taskset -c "$PROXY_CPU" nginx -c "$WORK/nginx.conf" -e "$WORK/nginx.err" & PIDS+=($!)
@@ -144,6 +173,9 @@ $HOPT
 frontend fe
   bind 127.0.0.1:$HAPROXY_PORT
   default_backend be
+frontend fe_tls
+  bind 127.0.0.1:$HAPROXY_TLS_PORT ssl crt $WORK/tls-haproxy.pem alpn http/1.1
+  default_backend be
 backend be
   server s1 127.0.0.1:$BACKEND_PORT
 CONF
@@ -154,7 +186,7 @@ wait_port() {
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done
   echo "port $1 never opened" >&2; tail -n 5 "$WORK"/*.err "$WORK"/*.log >&2 2>/dev/null; exit 1
 }
-for p in $BACKEND_PORT "${DISPA_PORTS[@]}" $NGINX_PORT $HAPROXY_PORT; do wait_port "$p"; done
+for p in $BACKEND_PORT "${DISPA_PORTS[@]}" $NGINX_PORT $HAPROXY_PORT $NGINX_TLS_PORT $HAPROXY_TLS_PORT; do wait_port "$p"; done
 
 # CPU ticks (utime+stime) of a process and its children (nginx's worker), and peak RSS.
 ticks() {
@@ -175,6 +207,7 @@ backend_accepts() { curl -s "http://127.0.0.1:$BACKEND_PORT/stub" | awk 'NR == 3
 HZ=$(getconf CLK_TCK)
 
 port_of() { case $1 in direct) echo $BACKEND_PORT;; dispa*) echo "${DISPA_PORTS[$1]}";; nginx) echo $NGINX_PORT;; haproxy) echo $HAPROXY_PORT;; esac; }
+tls_port_of() { case $1 in dispa*) echo $(( ${DISPA_PORTS[$1]} + 5 ));; nginx) echo $NGINX_TLS_PORT;; haproxy) echo $HAPROXY_TLS_PORT;; esac; }
 pid_of() { case $1 in direct) echo "";; dispa*) echo "${DISPA_PIDS[$1]}";; nginx) echo $NGINX_PID;; haproxy) echo $HAPROXY_PID;; esac; }
 
 # wrk scripts: p99.9 on exit (wrk --latency stops at p99), and a chunked 16 KiB upload.
@@ -207,13 +240,32 @@ run() {
     c10000) conns=$HUGE;;
     post) path=/upload; args=(-s "$WORK/post.lua");;
     rate) ;;
+    tls-small|tls-new) ;;
+    tls-1m) path=/1m;;
+    tls-resume) args+=(-H 'Connection: close');;
     *) echo "unknown workload $w" >&2; exit 2;;
   esac
+  case $w in tls-*) [ "$s" = direct ] && return 0;; esac
   local pid before=0 after=0 acc_before acc_after out rps reqs p50 p99 p999 errs
   pid=$(pid_of "$s")
   acc_before=$(backend_accepts)
   [ -n "$pid" ] && before=$(ticks "$pid")
-  if [ "$w" = rate ]; then
+  if [ "$w" = tls-new ]; then
+    # Full handshakes only (s_time -new sends no request and resumes nothing).
+    out=$(taskset -c "$LOAD_CPU" openssl s_time -connect "127.0.0.1:$(tls_port_of "$s")" -new \
+      -time "$DURATION" 2>&1 | tail -n 2)
+    reqs=$(awk '/connections in .* real seconds/ {print $1}' <<<"$out")
+    rps=$(awk -v n="$reqs" -v d="$DURATION" 'BEGIN {printf "%.2f", n / d}')
+    p50=-; p99=-; p999=-; errs=""
+  elif [[ $w == tls-* ]]; then
+    out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"${DURATION}s" --timeout 5s --latency "${args[@]}" \
+      "https://localhost:$(tls_port_of "$s")$path")
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    p50=$(awk '$1=="50%" {print $2}' <<<"$out"); p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+    p999="$(awk '$1=="P999" {print $2}' <<<"$out")us"
+    errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+  elif [ "$w" = rate ]; then
     out=$(taskset -c "$LOAD_CPU" oha -z "${DURATION}s" -q "$RATE_RPS" -c "$CONNS" --no-tui \
       -H 'Host: example.com' "http://127.0.0.1:$(port_of "$s")/" 2>&1)
     rps=$(awk '/Requests\/sec:/ {print $2}' <<<"$out")
@@ -254,7 +306,10 @@ for w in $WORKLOADS; do
   fi
   # Warm up every path once (short, fewer connections).
   for s in $SCENARIOS; do
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -H 'Host: example.com' "http://127.0.0.1:$(port_of "$s")/" >/dev/null
+    case $w in
+      tls-*) [ "$s" = direct ] || taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s "https://localhost:$(tls_port_of "$s")/" >/dev/null;;
+      *) taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -H 'Host: example.com' "http://127.0.0.1:$(port_of "$s")/" >/dev/null;;
+    esac
   done
   for round in $(seq "$ROUNDS"); do
     for s in $SCENARIOS; do run "$w" "$s" "$round"; done

@@ -131,8 +131,10 @@ impl TlsStream {
                 self.read_tls(None).await?;
             }
         }
-        // Session tickets and the last handshake flight.
-        self.flush_tls().await
+        // Session tickets (TLS 1.3 sends them after the handshake). A client that closed
+        // at once has still completed the handshake; its next read will tell.
+        let _ = self.flush_tls().await;
+        Ok(())
     }
 
     /// Give rustls what was read (reading the socket first when nothing is waiting) and
