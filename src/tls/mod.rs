@@ -23,8 +23,12 @@ use rustls::sign::CertifiedKey;
 
 use crate::route;
 
-/// Both listener and targets use ring (builds with a C compiler only).
+/// Listener and targets use aws-lc-rs (feature `aws-lc`, the default: RSA signatures 1.5x
+/// cheaper than ring's, docs/BENCHMARKS.md "HTTPS"), or ring without it.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    #[cfg(feature = "aws-lc")]
+    return Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    #[cfg(not(feature = "aws-lc"))]
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -57,7 +61,10 @@ pub fn load_certificate(cert: &Path, key: &Path) -> Result<Certificate, String> 
         ));
     }
     let der = PrivateKeyDer::from_pem_file(key).map_err(|e| at(key, &e))?;
-    let signer = rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| at(key, &e))?;
+    let signer = provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| at(key, &e))?;
     let certified = CertifiedKey::new(chain, signer);
     if let Err(e) = certified.keys_match() {
         return Err(at(key, &format!("does not match {}: {e}", cert.display())));
@@ -108,7 +115,11 @@ fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, String> {
     if let Some(t) = TICKETER.get() {
         return Ok(t.clone());
     }
-    let t = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("ticketer: {e}"))?;
+    #[cfg(feature = "aws-lc")]
+    let t = rustls::crypto::aws_lc_rs::Ticketer::new();
+    #[cfg(not(feature = "aws-lc"))]
+    let t = rustls::crypto::ring::Ticketer::new();
+    let t = t.map_err(|e| format!("ticketer: {e}"))?;
     Ok(TICKETER.get_or_init(|| t).clone())
 }
 

@@ -40,8 +40,8 @@ impl Pool {
     pub fn take(&self, id: u64) -> Option<Stream> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&id)?;
-        while let Some(c) = list.pop() {
-            if c.since.elapsed() < self.idle_timeout.get() && is_clean(&c.stream) {
+        while let Some(mut c) = list.pop() {
+            if c.since.elapsed() < self.idle_timeout.get() && is_clean(&mut c.stream) {
                 return Some(c.stream);
             }
         }
@@ -87,8 +87,12 @@ impl Pool {
     }
 }
 
-/// No unread bytes and not closed: a non-blocking `MSG_PEEK` must find nothing to read.
-fn is_clean(stream: &Stream) -> bool {
+/// No unread bytes and not closed: a non-blocking `MSG_PEEK` must find nothing to read
+/// (and TLS must hold nothing read either).
+fn is_clean(stream: &mut Stream) -> bool {
+    if stream.has_unread() {
+        return false;
+    }
     let mut byte = 0u8;
     // SAFETY: recv into a valid 1-byte buffer on a socket fd we own; MSG_PEEK consumes nothing.
     let n = unsafe {
