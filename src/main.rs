@@ -172,13 +172,29 @@ fn check(path: &Path) -> ExitCode {
                 n => n.to_string(),
             };
             println!("  listen: {} (workers: {workers})", c.server.bind);
+            if let Some(tls) = &c.server.tls {
+                let certs: Vec<String> = tls
+                    .certificates
+                    .iter()
+                    .map(|(cert, _)| cert.display().to_string())
+                    .collect();
+                println!("  tls: {} (certificates: {})", tls.bind, certs.join(", "));
+            }
             println!("  intercept: {}", c.domains.intercept.join(", "));
             if !c.domains.exclude.is_empty() {
                 println!("  exclude: {}", c.domains.exclude.join(", "));
             }
             println!("  balancing: {}", c.targets.algorithm.name());
             for t in &c.targets.targets {
-                println!("  target {} -> {} (weight {})", t.name, t.addr, t.weight);
+                let tls = match &t.tls {
+                    Some(t) if !t.verify => ", https, NOT verified",
+                    Some(_) => ", https",
+                    None => "",
+                };
+                println!(
+                    "  target {} -> {} (weight {}{tls})",
+                    t.name, t.addr, t.weight
+                );
             }
             if c.monitoring.enabled {
                 println!(

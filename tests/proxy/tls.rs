@@ -43,6 +43,13 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// A client config trusting the certificates in `roots` (PEM files).
 pub fn client_config(roots: &[&Path]) -> Arc<rustls::ClientConfig> {
+    client_config_with(roots, rustls::DEFAULT_VERSIONS)
+}
+
+fn client_config_with(
+    roots: &[&Path],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
     let mut store = rustls::RootCertStore::empty();
     for r in roots {
         for c in CertificateDer::pem_file_iter(r).unwrap() {
@@ -50,7 +57,7 @@ pub fn client_config(roots: &[&Path]) -> Arc<rustls::ClientConfig> {
         }
     }
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(store)
         .with_no_client_auth();
@@ -146,6 +153,33 @@ fn sni_picks_the_exact_then_the_wildcard_certificate_and_the_default_without_sni
     no_sni.enable_sni = false;
     let c = tls_client(addr, "default.example", &Arc::new(no_sni));
     assert_eq!(served_names(&c.stream), ["default.example"]);
+}
+
+#[test]
+fn tls_12_and_13_both_serve_and_alpn_says_http_1_1() {
+    let dir = scratch_dir("tls-versions");
+    let cert = make_cert(&dir, "c", &["example.com"], false);
+    let b = Backend::named("b");
+    let (_p, addr) = tls_proxy(b.addr, &[&cert], "");
+    let trust = client_config(&[&cert.0]);
+    let mut c = tls_client(addr, "example.com", &trust);
+    assert_eq!(
+        c.stream.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    assert_eq!(c.stream.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert_eq!(c.get("example.com", "/").status, 200);
+    let tls12 = client_config_with(&[&cert.0], &[&rustls::version::TLS12]);
+    let mut c = tls_client(addr, "example.com", &tls12);
+    assert_eq!(
+        c.stream.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    assert_eq!(c.get("example.com", "/").status, 200);
+    // A client that offers only h2 is refused (Dispa speaks HTTP/1.1).
+    let mut h2 = (*trust).clone();
+    h2.alpn_protocols = vec![b"h2".to_vec()];
+    assert!(tls_connect(addr, "example.com", &Arc::new(h2)).is_err());
 }
 
 #[test]
