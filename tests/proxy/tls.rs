@@ -128,6 +128,27 @@ fn tls_proxy(
     (p, addr)
 }
 
+/// Dispa with one certificate for `names`, its backend, and a client config trusting it.
+struct OneCert {
+    _proxy: dispa::boot::Running,
+    addr: SocketAddr,
+    b: Backend,
+    trust: Arc<rustls::ClientConfig>,
+}
+
+fn one_cert(what: &str, names: &[&str], extra: &str) -> OneCert {
+    let cert = make_cert(&scratch_dir(what), "c", names, false);
+    let b = Backend::named("b");
+    let (proxy, addr) = tls_proxy(b.addr, &[&cert], extra);
+    let trust = client_config(&[&cert.0]);
+    OneCert {
+        _proxy: proxy,
+        addr,
+        b,
+        trust,
+    }
+}
+
 #[test]
 fn sni_picks_the_exact_then_the_wildcard_certificate_and_the_default_without_sni() {
     let dir = scratch_dir("tls-sni");
@@ -210,11 +231,8 @@ fn a_name_that_is_not_intercepted_is_refused_in_the_handshake_and_recorded() {
 
 #[test]
 fn a_host_outside_the_connections_sni_gets_421_and_nothing_is_forwarded() {
-    let dir = scratch_dir("tls-421");
-    let cert = make_cert(&dir, "c", &["example.com", "*.test.com"], false);
-    let b = Backend::named("b");
-    let (_p, addr) = tls_proxy(b.addr, &[&cert], "");
-    let mut c = tls_client(addr, "example.com", &client_config(&[&cert.0]));
+    let OneCert { addr, b, trust, .. } = &one_cert("tls-421", &["example.com", "*.test.com"], "");
+    let mut c = tls_client(*addr, "example.com", trust);
     let r = c.get("a.test.com", "/");
     assert_eq!(r.status, 421);
     assert!(b.requests().is_empty());
@@ -224,11 +242,8 @@ fn a_host_outside_the_connections_sni_gets_421_and_nothing_is_forwarded() {
 
 #[test]
 fn a_second_connection_resumes_the_session() {
-    let dir = scratch_dir("tls-resume");
-    let cert = make_cert(&dir, "c", &["example.com"], false);
-    let b = Backend::named("b");
-    let (_p, addr) = tls_proxy(b.addr, &[&cert], "");
-    let trust = client_config(&[&cert.0]);
+    let OneCert { addr, trust, .. } = &one_cert("tls-resume", &["example.com"], "");
+    let (addr, trust) = (*addr, trust.clone());
     let mut first = tls_client(addr, "example.com", &trust);
     assert_eq!(
         first.stream.conn.handshake_kind(),
@@ -413,16 +428,18 @@ fn https_targets_are_verified_pooled_and_a_bad_certificate_is_a_502_with_its_rea
 
 #[test]
 fn a_client_that_stalls_in_the_handshake_is_closed_and_does_not_hold_the_worker() {
-    let dir = scratch_dir("tls-stall");
-    let cert = make_cert(&dir, "c", &["example.com"], false);
-    let b = Backend::named("b");
-    let (_p, addr) = tls_proxy(b.addr, &[&cert], "handshake_timeout = \"300ms\"");
+    let t = one_cert(
+        "tls-stall",
+        &["example.com"],
+        "handshake_timeout = \"300ms\"",
+    );
+    let addr = t.addr;
     let mut stalled = TcpStream::connect(addr).unwrap();
     stalled
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     // Meanwhile others are served.
-    let mut c = tls_client(addr, "example.com", &client_config(&[&cert.0]));
+    let mut c = tls_client(addr, "example.com", &t.trust);
     assert_eq!(c.get("example.com", "/").status, 200);
     let started = Instant::now();
     let mut byte = [0u8; 1];
@@ -433,11 +450,8 @@ fn a_client_that_stalls_in_the_handshake_is_closed_and_does_not_hold_the_worker(
 
 #[test]
 fn the_smuggling_table_is_refused_the_same_over_tls() {
-    let dir = scratch_dir("tls-smuggling");
-    let cert = make_cert(&dir, "c", &["example.com"], false);
-    let b = Backend::named("b");
-    let (_p, addr) = tls_proxy(b.addr, &[&cert], "");
-    let trust = client_config(&[&cert.0]);
-    let wrong = super::smuggling::check_rejected(&b, || tls_client(addr, "example.com", &trust));
+    let t = one_cert("tls-smuggling", &["example.com"], "");
+    let wrong =
+        super::smuggling::check_rejected(&t.b, || tls_client(t.addr, "example.com", &t.trust));
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
