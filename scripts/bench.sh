@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Side-by-side load test on loopback: direct-to-backend, Dispa, nginx and HAProxy as
+# Side-by-side load test on loopback: direct-to-backend, the floor relay, Dispa, nginx and HAProxy as
 # reverse proxies, interleaved (A B C D A B C D ...), each proxy with one worker pinned to
 # CPU $PROXY_CPU while wrk and the nginx backend share CPU $LOAD_CPU. For every workload
 # it prints one Markdown table: median RPS (and spread), p50/p99/p99.9 latency, proxy CPU
 # time per request (from /proc/PID/stat of every proxy process), the proxy's peak RSS,
 # upstream connections opened per 1,000 requests (from the backend's stub_status), errors,
-# and ratios against nginx and direct. Every process started here is stopped by PID, also
+# and ratios against nginx and direct, and each proxy's CPU per request over the floor's.
+# The floor (bench/floor.c, built here with cc) is a single-threaded epoll relay that
+# pairs every client connection with a new backend connection and copies bytes with
+# read/write: the socket work any proxy must do, without parsing, pooling or logging. Every process started here is stopped by PID, also
 # when the script is interrupted; every load run is bounded by $DURATION.
 #
 #   scripts/bench.sh                                   # keep-alive, 5-byte body, 3 x 10 s
@@ -43,13 +46,13 @@ PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 LOG=${LOG:-${NGINX_LOG:-off}}
 WORKLOADS=${WORKLOADS:-small}
-SCENARIOS=${SCENARIOS:-"direct dispa nginx haproxy"}
+SCENARIOS=${SCENARIOS:-"direct floor dispa nginx haproxy"}
 RATE=${RATE:-auto}
 BASE_BIN=${BASE_BIN:-target/release/dispa}
 BACKEND_PORT=18091 NGINX_PORT=18093 HAPROXY_PORT=18094 DISPA_PORT=18100
-NGINX_TLS_PORT=18095 HAPROXY_TLS_PORT=18096 TLS_KEY=${TLS_KEY:-ecdsa}
+NGINX_TLS_PORT=18095 HAPROXY_TLS_PORT=18096 FLOOR_PORT=18097 TLS_KEY=${TLS_KEY:-ecdsa}
 
-need wrk wrk; need nginx nginx-light; need haproxy haproxy; need curl curl; need openssl openssl
+need wrk wrk; need nginx nginx-light; need haproxy haproxy; need curl curl; need openssl openssl; need cc gcc
 # common.sh raised the open-files limit to the hard limit (NOFILE). A proxy holds a
 # client and an upstream connection per request in flight, so "c10000" is capped at
 # half the limit (a container's hard limit of 20,000 gives 9,900 connections).
@@ -133,6 +136,14 @@ CONF
   port=$((port + 10))
 done
 
+# --- the floor relay ----------------------------------------------------------------------
+FLOOR_PID=""
+if [[ " $SCENARIOS " == *" floor "* ]]; then
+  cc -O2 -o "$WORK/floor" bench/floor.c
+  taskset -c "$PROXY_CPU" "$WORK/floor" "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$BACKEND_PORT" 2>"$WORK/floor.err" & PIDS+=($!)
+  FLOOR_PID=$!
+fi
+
 # --- nginx as a reverse proxy -------------------------------------------------------------
 if [ "$LOG" = on ]; then NLOG="access_log $WORK/nginx-access.log;"; else NLOG="access_log off;"; fi
 cat > "$WORK/nginx.conf" <<CONF
@@ -187,6 +198,7 @@ wait_port() {
   echo "port $1 never opened" >&2; tail -n 5 "$WORK"/*.err "$WORK"/*.log >&2 2>/dev/null; exit 1
 }
 for p in $BACKEND_PORT "${DISPA_PORTS[@]}" $NGINX_PORT $HAPROXY_PORT $NGINX_TLS_PORT $HAPROXY_TLS_PORT; do wait_port "$p"; done
+[ -n "$FLOOR_PID" ] && wait_port $FLOOR_PORT
 
 # CPU ticks (utime+stime) of a process and its children (nginx's worker), and peak RSS.
 ticks() {
@@ -206,9 +218,9 @@ peak_rss_kib() {
 backend_accepts() { curl -s "http://127.0.0.1:$BACKEND_PORT/stub" | awk 'NR == 3 {print $1}'; }
 HZ=$(getconf CLK_TCK)
 
-port_of() { case $1 in direct) echo $BACKEND_PORT;; dispa*) echo "${DISPA_PORTS[$1]}";; nginx) echo $NGINX_PORT;; haproxy) echo $HAPROXY_PORT;; esac; }
+port_of() { case $1 in direct) echo $BACKEND_PORT;; floor) echo $FLOOR_PORT;; dispa*) echo "${DISPA_PORTS[$1]}";; nginx) echo $NGINX_PORT;; haproxy) echo $HAPROXY_PORT;; esac; }
 tls_port_of() { case $1 in dispa*) echo $(( ${DISPA_PORTS[$1]} + 5 ));; nginx) echo $NGINX_TLS_PORT;; haproxy) echo $HAPROXY_TLS_PORT;; esac; }
-pid_of() { case $1 in direct) echo "";; dispa*) echo "${DISPA_PIDS[$1]}";; nginx) echo $NGINX_PID;; haproxy) echo $HAPROXY_PID;; esac; }
+pid_of() { case $1 in direct) echo "";; floor) echo "$FLOOR_PID";; dispa*) echo "${DISPA_PIDS[$1]}";; nginx) echo $NGINX_PID;; haproxy) echo $HAPROXY_PID;; esac; }
 
 # wrk scripts: p99.9 on exit (wrk --latency stops at p99), and a chunked 16 KiB upload.
 cat > "$WORK/latency.lua" <<'LUA'
@@ -245,7 +257,7 @@ run() {
     tls-resume) args+=(-H 'Connection: close');;
     *) echo "unknown workload $w" >&2; exit 2;;
   esac
-  case $w in tls-*) [ "$s" = direct ] && return 0;; esac
+  case $w in tls-*) case $s in direct|floor) return 0;; esac;; esac
   local pid before=0 after=0 acc_before acc_after out rps reqs p50 p99 p999 errs
   pid=$(pid_of "$s")
   acc_before=$(backend_accepts)
@@ -307,7 +319,7 @@ for w in $WORKLOADS; do
   # Warm up every path once (short, fewer connections).
   for s in $SCENARIOS; do
     case $w in
-      tls-*) [ "$s" = direct ] || taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s "https://localhost:$(tls_port_of "$s")/" >/dev/null;;
+      tls-*) [ "$s" = direct ] || [ "$s" = floor ] || taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s "https://localhost:$(tls_port_of "$s")/" >/dev/null;;
       *) taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -H 'Host: example.com' "http://127.0.0.1:$(port_of "$s")/" >/dev/null;;
     esac
   done
@@ -319,7 +331,7 @@ done
 # Records dropped by each recording Dispa (must be 0), from its metrics endpoint.
 DROPS=""
 for s in $SCENARIOS; do
-  case $s in dispa-norec|dispa-base-norec|direct|nginx|haproxy) continue;; esac
+  case $s in dispa-norec|dispa-base-norec|direct|floor|nginx|haproxy) continue;; esac
   port=${DISPA_PORTS[$s]}
   metrics=$(curl -s "http://127.0.0.1:$((port + 2))/metrics")
   dropped=$(awk '$1=="dispa_traffic_records_dropped_total" {print $2}' <<<"$metrics")
@@ -347,8 +359,10 @@ def fmt(x, f): return "-" if x is None else f.format(x)
 for w, scen in by.items():
     base = {s: med([r[0] for r in v]) for s, v in scen.items()}
     print(f"\n### {w}\n")
-    print("| scenario | RPS (median) | spread | vs nginx | vs direct | p50 ms | p99 ms | p99.9 ms | proxy CPU µs/request | peak RSS MiB | upstream conns / 1k req | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    cpu_of = {s: med([float(r[4]) for r in v if r[4] != "-"]) for s, v in scen.items()}
+    floor = cpu_of.get("floor")
+    print("| scenario | RPS (median) | spread | vs nginx | vs direct | p50 ms | p99 ms | p99.9 ms | proxy CPU µs/request | CPU over floor | peak RSS MiB | upstream conns / 1k req | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for s, v in scen.items():
         rps = [r[0] for r in v]; m = base[s]
         lat = [med([r[i] for r in v if r[i] is not None]) for i in (1, 2, 3)]
@@ -360,6 +374,7 @@ for w, scen in by.items():
         vs_d = f"{m / base['direct']:.2f}x" if base.get("direct") else "-"
         print(f"| {s} | {m:,.0f} | {min(rps):,.0f}-{max(rps):,.0f} | {vs_n} | {vs_d} | "
               f"{fmt(lat[0], '{:.2f}')} | {fmt(lat[1], '{:.2f}')} | {fmt(lat[2], '{:.2f}')} | "
-              f"{fmt(med(cpu), '{:.2f}')} | {fmt(rss and rss / 1024, '{:.1f}')} | {fmt(med(up), '{:.2f}')} | "
+              f"{fmt(med(cpu), '{:.2f}')} | {fmt(floor and med(cpu) and med(cpu) / floor, '{:.2f}x')} | "
+              f"{fmt(rss and rss / 1024, '{:.1f}')} | {fmt(med(up), '{:.2f}')} | "
               f"{'; '.join(errs) if errs else '0'} |")
 PY
