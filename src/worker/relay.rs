@@ -153,6 +153,7 @@ pub async fn length(
 
 /// Relay a chunked body. `rechunk`: re-frame as chunked (else send the bare data, for a
 /// close-delimited HTTP/1.0 response). Trailers are dropped. Returns the data bytes.
+/// What `out` holds on entry (a request head) is sent with the first data.
 pub async fn chunked(
     src: &mut Stream,
     buf: &mut ReadBuf,
@@ -166,7 +167,7 @@ pub async fn chunked(
     let mut total = 0u64;
     buf.ensure_capacity(BODY_BUF_MAX);
     loop {
-        out.clear();
+        // Emptied by each send (`write_vec` hands it back cleared).
         let mut pos = 0;
         let mut done = false;
         let data = buf.data();

@@ -130,6 +130,9 @@ async fn read_whole_body(
 ) -> Result<(), Failure> {
     let wait = ex.current.snapshot.targets[target].response_timeout;
     let max = head_len + n as usize;
+    // Room for the whole body at once: the buffer would otherwise grow by doubling from
+    // 4 KiB, a read (and a copy of what it holds) per step.
+    ex.ubuf.ensure_capacity(n as usize);
     while (ex.ubuf.len() as u64) < n {
         match timeout(wait, ex.ubuf.fill(upstream, max)).await {
             Ok(Ok(k)) if k > 0 => {}

@@ -40,15 +40,20 @@ pub async fn send_request(
 ) -> Result<(ResponseHead, bool), Failure> {
     let cfg = &ex.current.snapshot.config;
     let timeouts = &cfg.timeouts;
-    let out = std::mem::take(ex.out);
-    let write = monoio::io::AsyncWriteRentExt::write_all(&mut up.stream, out);
-    let (res, out) = match timeout(timeouts.send, write).await {
-        Ok((res, out)) => (res.map(|_| ()), out),
-        Err(_) => return Err(Failure::SendTimeout),
-    };
-    *ex.out = out;
-    if res.is_err() {
-        return Err(Failure::Stale);
+    // A chunked body's head goes out with its first data, in one write (each write wakes
+    // the target): the chunked relay below sends what `out` holds first.
+    let head_with_body = head.body == Body::Chunked && !body_sent && !head.expect_continue;
+    if !head_with_body {
+        let out = std::mem::take(ex.out);
+        let write = monoio::io::AsyncWriteRentExt::write_all(&mut up.stream, out);
+        let (res, out) = match timeout(timeouts.send, write).await {
+            Ok((res, out)) => (res.map(|_| ()), out),
+            Err(_) => return Err(Failure::SendTimeout),
+        };
+        *ex.out = out;
+        if res.is_err() {
+            return Err(Failure::Stale);
+        }
     }
     let mut reading = Reading {
         received: false,
@@ -87,6 +92,9 @@ pub async fn send_request(
     let sent = match head.body {
         Body::Length(n) => relay::length(client, rbuf, &mut up.stream, n, to_up, capture).await,
         Body::Chunked => {
+            if !head_with_body {
+                ex.out.clear();
+            }
             let out = &mut *ex.out;
             relay::chunked(client, rbuf, &mut up.stream, out, true, to_up, capture).await
         }
