@@ -130,6 +130,33 @@ impl ReadBuf {
         Ok(())
     }
 
+    /// Write `prefix` and then the first `n` unconsumed bytes to `io` in one vectored
+    /// write (no copy of the bytes into `prefix`), then consume them; `prefix` is handed
+    /// back cleared.
+    pub async fn write_front_after<W: AsyncWriteRent>(
+        &mut self,
+        io: &mut W,
+        prefix: &mut Vec<u8>,
+        n: usize,
+    ) -> io::Result<()> {
+        let start = std::mem::take(&mut self.start);
+        let pair = TwoSlices::new(
+            std::mem::take(prefix),
+            std::mem::take(&mut self.vec),
+            start,
+            n,
+        );
+        let (res, pair) = io.write_vectored_all(pair).await;
+        let (mut head, body) = pair.into_parts();
+        head.clear();
+        *prefix = head;
+        self.vec = body;
+        self.start = start;
+        res?;
+        self.consume(n);
+        Ok(())
+    }
+
     /// Make room for reads of up to `cap` bytes at once (a body to relay): a buffer only
     /// grows when a read fills it, and one drained by each write never would.
     pub fn ensure_capacity(&mut self, cap: usize) {
@@ -154,6 +181,49 @@ impl ReadBuf {
             self.vec = Vec::with_capacity(keep);
             self.start = 0;
         }
+    }
+}
+
+/// Two owned buffers as one vectored write: all of `head`, then `body[start..start + n]`.
+struct TwoSlices {
+    head: Vec<u8>,
+    body: Vec<u8>,
+    /// Point into the two vectors' heap memory, which does not move while they are owned
+    /// here (the vectors are never touched until `into_parts`).
+    iov: [libc::iovec; 2],
+}
+
+impl TwoSlices {
+    fn new(head: Vec<u8>, body: Vec<u8>, start: usize, n: usize) -> Self {
+        debug_assert!(start + n <= body.len());
+        let iov = [
+            libc::iovec {
+                iov_base: head.as_ptr() as *mut libc::c_void,
+                iov_len: head.len(),
+            },
+            libc::iovec {
+                // SAFETY: `start + n <= body.len()`, so the pointer stays in bounds.
+                iov_base: unsafe { body.as_ptr().add(start) } as *mut libc::c_void,
+                iov_len: n,
+            },
+        ];
+        TwoSlices { head, body, iov }
+    }
+
+    fn into_parts(self) -> (Vec<u8>, Vec<u8>) {
+        (self.head, self.body)
+    }
+}
+
+// SAFETY: the iovecs point at initialised bytes of `head` and `body`, whose heap memory
+// does not move or change while this value exists.
+unsafe impl monoio::buf::IoVecBuf for TwoSlices {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.iov.as_ptr()
+    }
+
+    fn read_iovec_len(&self) -> usize {
+        self.iov.len()
     }
 }
 

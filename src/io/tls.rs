@@ -82,7 +82,10 @@ impl TlsStream {
         Ok(s)
     }
 
-    fn new(tcp: TcpStream, conn: rustls::Connection) -> Self {
+    fn new(tcp: TcpStream, mut conn: rustls::Connection) -> Self {
+        // rustls would refuse plaintext past 64 KiB waiting to be sent; every write here is
+        // flushed before it returns, so what waits is bounded by one write's buffers.
+        conn.set_buffer_limit(None);
         TlsStream {
             tcp,
             conn,
