@@ -52,30 +52,10 @@ fn content_length_upload_is_forwarded_exactly() {
 #[test]
 fn content_length_downloads_of_every_inline_size_arrive_exact() {
     let sizes = [5usize, 4096, 4097, 16 * 1024, 64 * 1024, 64 * 1024 + 1];
-    let b = Backend::start(Arc::new(move |seen: &Seen, s: &mut TcpStream| {
-        let n: usize = seen
-            .request_line()
-            .split('/')
-            .nth(1)
-            .unwrap()
-            .split(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let body: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
-        let _ = s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n").as_bytes());
-        let _ = s.write_all(&body);
-        Reply::KeepAlive
-    }));
+    let b = sized_backend();
     let p = proxy(&config(&[b.addr], "round_robin", ""));
     let mut c = Client::connect(p.local_addr());
-    for n in sizes {
-        let r = c.get("example.com", &format!("/{n}"));
-        let want: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
-        assert_eq!((r.status, r.body.len()), (200, n));
-        assert!(r.body == want, "body of {n} bytes differs");
-    }
+    check_sizes(&mut c, &sizes);
 }
 
 #[test]

@@ -399,6 +399,32 @@ pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// The body [`sized_backend`] sends for `/n`: `n` bytes of a repeating alphabet.
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// A backend that answers `GET /n` with a Content-Length body of [`pattern`]`(n)`.
+pub fn sized_backend() -> Backend {
+    Backend::start(Arc::new(|seen: &Seen, s: &mut TcpStream| {
+        let path = seen.request_line().split(' ').nth(1).unwrap_or("/0");
+        let n: usize = path.trim_start_matches('/').parse().unwrap_or(0);
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
+        let _ = s.write_all(head.as_bytes());
+        let _ = s.write_all(&pattern(n));
+        Reply::KeepAlive
+    }))
+}
+
+/// GET `/n` for each size on one connection (to a [`sized_backend`]): every body exact.
+pub fn check_sizes<S: Read + Write>(c: &mut Client<S>, sizes: &[usize]) {
+    for &n in sizes {
+        let r = c.get("example.com", &format!("/{n}"));
+        assert_eq!((r.status, r.body.len()), (200, n));
+        assert!(r.body == pattern(n), "body of {n} bytes differs");
+    }
+}
+
 /// A port on 127.0.0.1 where nothing listens.
 pub fn closed_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();

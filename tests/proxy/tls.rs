@@ -242,27 +242,11 @@ fn a_host_outside_the_connections_sni_gets_421_and_nothing_is_forwarded() {
 
 #[test]
 fn bodies_of_every_size_arrive_exact_over_tls() {
-    let b = Backend::start(Arc::new(|seen: &Seen, s: &mut TcpStream| {
-        let n: usize = seen.request_line()[5..]
-            .split(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let body: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
-        let _ = s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n").as_bytes());
-        let _ = s.write_all(&body);
-        Reply::KeepAlive
-    }));
+    let b = sized_backend();
     let cert = make_cert(&scratch_dir("tls-bodies"), "c", &["example.com"], false);
     let (_p, addr) = tls_proxy(b.addr, &[&cert], "");
     let mut c = tls_client(addr, "example.com", &client_config(&[&cert.0]));
-    for n in [5usize, 4097, 16 * 1024, 64 * 1024, 300 * 1024] {
-        let r = c.get("example.com", &format!("/{n}"));
-        let want: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
-        assert_eq!((r.status, r.body.len()), (200, n));
-        assert!(r.body == want, "body of {n} bytes differs");
-    }
+    check_sizes(&mut c, &[5, 4097, 16 * 1024, 64 * 1024, 300 * 1024]);
 }
 
 #[test]
