@@ -79,7 +79,8 @@ fn serve(name: &str, mut stream: TcpStream) {
 }
 
 /// A self-signed certificate for the demo's domains (example.com, *.test.com), written
-/// to `dir` as `demo.pem` and `demo.key`; returns their paths.
+/// to `dir` as `demo.pem` and `demo.key` (replacing those of an earlier run); returns
+/// their paths.
 pub fn write_certificate(dir: &Path) -> io::Result<(PathBuf, PathBuf)> {
     let (cert, key) =
         crate::tls::self_signed(&["example.com", "*.test.com"]).map_err(io::Error::other)?;

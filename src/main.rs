@@ -301,7 +301,8 @@ fn run_demo(port: u16, workers: Option<usize>) -> ExitCode {
         }
     };
     let bind = SocketAddr::from(([127, 0, 0, 1], port));
-    let dir = std::env::temp_dir().join(format!("dispa-demo-{}", std::process::id()));
+    // Beside the demo's records (./data), made anew by each run.
+    let dir = PathBuf::from("data");
     let cert = match demo::write_certificate(&dir) {
         Ok(c) => c,
         Err(e) => {
@@ -319,15 +320,13 @@ fn run_demo(port: u16, workers: Option<usize>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let code = serve(cfg, workers, None, |addr, tls, control| {
+    serve(cfg, workers, None, |addr, tls, control| {
         let (status, metrics) = (control.health_addr(), control.metrics_addr());
         println!(
             "{}",
             demo::instructions(addr, tls, &cert.0, status, metrics)
         )
-    });
-    let _ = std::fs::remove_dir_all(&dir);
-    code
+    })
 }
 
 /// `--since`: the config's duration syntax ("90s", "15m", "2h", "1d").

@@ -156,7 +156,8 @@ fn demo_runs_two_backends_and_spreads_load() {
     assert_eq!(c.get("test.com", "/").status, 404);
     // HTTPS, verified with the certificate the demo made (the one its curl line names).
     let tls = tls.expect("the demo serves HTTPS");
-    let cert = std::env::temp_dir().join(format!("dispa-demo-{}/demo.pem", demo.0.id()));
+    let cwd = std::fs::read_link(format!("/proc/{}/cwd", demo.0.id())).unwrap();
+    let cert = cwd.join("data/demo.pem");
     let trust = super::tls::client_config(&[&cert]);
     let r = super::tls::tls_client(tls, "api.test.com", &trust).get("api.test.com", "/");
     assert!(r.text().contains("hello from backend"), "{}", r.text());
