@@ -12,7 +12,9 @@ use prometheus::{
 };
 
 use super::State;
-use crate::msg::{ErrorKind, Histogram, LATENCY_BUCKETS, StatsReport, TlsHandshake, WorkerStats};
+use crate::msg::{
+    Counter, ErrorKind, Histogram, LATENCY_BUCKETS, StatsReport, TlsHandshake, WorkerStats,
+};
 
 /// Totals of every worker report received so far.
 #[derive(Debug, Default)]
@@ -223,6 +225,23 @@ fn workers_sums(state: &State, parts: &[(&str, WorkerCounter)]) -> Vec<(Vec<Stri
         .collect()
 }
 
+/// Samples with one label per slot of a worker's counter array (`(label, slot)`), each
+/// summed over the workers.
+fn workers_slots(
+    state: &State,
+    kinds: &[(&str, usize)],
+    slots: fn(&WorkerStats) -> &[Counter],
+) -> Vec<(Vec<String>, u64)> {
+    let stats = state.fleet.stats();
+    kinds
+        .iter()
+        .map(|(label, i)| {
+            let n = stats.iter().map(|w| slots(w)[*i].get()).sum();
+            (vec![label.to_string()], n)
+        })
+        .collect()
+}
+
 /// Samples of the logging thread's counters, by sink.
 fn by_sink(file: u64, database: u64) -> Vec<(Vec<String>, u64)> {
     vec![
@@ -288,14 +307,9 @@ const COUNTERS: &[Family] = &[
         "Failed requests by the error their traffic record names.",
         &["error"],
         |s| {
-            let stats = s.fleet.stats();
-            ErrorKind::ALL
-                .iter()
-                .map(|k| {
-                    let n = stats.iter().map(|w| w.errors[*k as usize].get()).sum();
-                    (vec![k.label().to_string()], n)
-                })
-                .collect()
+            workers_slots(s, &ErrorKind::ALL.map(|k| (k.label(), k as usize)), |w| {
+                &w.errors
+            })
         },
     ),
     (
@@ -303,17 +317,8 @@ const COUNTERS: &[Family] = &[
         "TLS handshakes with clients by result (full, resumed, refused_sni, failed, timeout).",
         &["result"],
         |s| {
-            let stats = s.fleet.stats();
-            TlsHandshake::ALL
-                .iter()
-                .map(|k| {
-                    let n = stats
-                        .iter()
-                        .map(|w| w.tls_handshakes[*k as usize].get())
-                        .sum();
-                    (vec![k.label().to_string()], n)
-                })
-                .collect()
+            let kinds = TlsHandshake::ALL.map(|k| (k.label(), k as usize));
+            workers_slots(s, &kinds, |w| &w.tls_handshakes)
         },
     ),
     (

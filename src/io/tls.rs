@@ -275,12 +275,11 @@ impl Stream {
     /// Nothing read and not yet taken, ciphertext or decrypted (a pooled connection must
     /// hold no bytes of a response that was not asked for).
     pub fn has_unread(&mut self) -> bool {
-        match self {
-            Stream::Plain(_) => false,
-            Stream::Tls(s) => {
-                s.rx_pos < s.rx.len() || !matches!(s.conn.reader().fill_buf(), Err(_) | Ok([]))
+        self.has_buffered()
+            || match self {
+                Stream::Plain(_) => false,
+                Stream::Tls(s) => !matches!(s.conn.reader().fill_buf(), Err(_) | Ok([])),
             }
-        }
     }
 }
 

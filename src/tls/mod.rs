@@ -39,9 +39,13 @@ pub struct Certificate {
     pub names: Vec<String>,
 }
 
+/// An error about the file at `path`, naming it.
+fn at(path: &Path, e: &dyn std::fmt::Display) -> String {
+    format!("{}: {e}", path.display())
+}
+
 /// Read a PEM chain (leaf first) and its PEM key. Errors name the file.
 pub fn load_certificate(cert: &Path, key: &Path) -> Result<Certificate, String> {
-    let at = |p: &Path, e: &dyn std::fmt::Display| format!("{}: {e}", p.display());
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| at(cert, &e))?
         .collect::<Result<_, _>>()
@@ -180,13 +184,9 @@ pub fn client_config(
         let mut roots = rustls::RootCertStore::empty();
         match ca_file {
             Some(path) => {
-                for cert in CertificateDer::pem_file_iter(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?
-                {
-                    let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                for cert in CertificateDer::pem_file_iter(path).map_err(|e| at(path, &e))? {
+                    let cert = cert.map_err(|e| at(path, &e))?;
+                    roots.add(cert).map_err(|e| at(path, &e))?;
                 }
             }
             None => {

@@ -47,7 +47,10 @@ pub struct Client {
 
 impl Client {
     pub fn new(stream: Stream, ip: IpAddr) -> Self {
-        let _ = stream.tcp().set_nodelay(true);
+        // A TLS connection had it set before its handshake.
+        if let Stream::Plain(tcp) = &stream {
+            let _ = tcp.set_nodelay(true);
+        }
         let ip = ip.to_canonical();
         let tls = stream.tls().map(|t| TlsInfo {
             sni: t.sni().map(|s| s.to_ascii_lowercase().into()),

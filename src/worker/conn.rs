@@ -99,7 +99,7 @@ pub async fn serve_tls(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     let handshake = TlsStream::accept(tcp, tls);
     let result = Box::pin(timeout(listener.handshake_timeout, handshake)).await;
     let stats = &worker.stats;
-    let outcome = match result {
+    let (kind, refused_sni) = match result {
         Ok(Ok(s)) => {
             worker.count_handshake(started.elapsed());
             let kind = if s.resumed() {
@@ -114,18 +114,12 @@ pub async fn serve_tls(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
             stats.tls_open.dec();
             return;
         }
-        Ok(Err(e)) if e.refused_sni => Some(e.sni),
-        Ok(Err(_)) => {
-            stats.tls_handshakes[TlsHandshake::Failed as usize].inc();
-            None
-        }
-        Err(_) => {
-            stats.tls_handshakes[TlsHandshake::Timeout as usize].inc();
-            None
-        }
+        Ok(Err(e)) if e.refused_sni => (TlsHandshake::RefusedSni, Some(e.sni)),
+        Ok(Err(_)) => (TlsHandshake::Failed, None),
+        Err(_) => (TlsHandshake::Timeout, None),
     };
-    if let Some(sni) = outcome {
-        stats.tls_handshakes[TlsHandshake::RefusedSni as usize].inc();
+    stats.tls_handshakes[kind as usize].inc();
+    if let Some(sni) = refused_sni {
         stats.errors[ErrorKind::TlsRefused as usize].inc();
         if config.logging.enabled {
             let o = Outcome {

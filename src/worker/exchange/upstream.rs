@@ -8,7 +8,7 @@ use monoio::net::TcpStream;
 use monoio::time::timeout_at;
 use rustls::pki_types::ServerName;
 
-use crate::config::TlsMaterial;
+use crate::config::{TargetTls, TlsMaterial};
 use crate::io::Stream;
 use crate::io::tls::TlsStream;
 
@@ -108,48 +108,55 @@ pub async fn connect(
     let stats = &worker.stats;
     stats.upstream_connects.inc();
     let deadline = Instant::now() + limit;
-    let result = timeout_at(deadline.into(), TcpStream::connect_addr(target.addr)).await;
-    if let (Ok(Ok(tcp)), Some(t)) = (&result, &target.tls) {
-        let _ = tcp.set_nodelay(true);
-        let Ok(Ok(tcp)) = result else { unreachable!() };
-        let config = if t.verify {
-            &tls.verified
-        } else {
-            &tls.unverified
-        };
-        let (Some(config), Ok(name)) = (config, ServerName::try_from(t.server_name.clone())) else {
-            worker.note_target(target.id, false);
-            return Err(Failure::UpstreamTls);
-        };
-        let handshake = TlsStream::connect(tcp, config.clone(), name);
-        let ok = match timeout_at(deadline.into(), handshake).await {
-            Ok(Ok(s)) => Ok(Stream::Tls(Box::new(s))),
-            Ok(Err(e)) => {
-                tracing::debug!(target = %target.name, error = %e, "TLS handshake with target failed");
-                Err(Failure::UpstreamTls)
+    let result = match timeout_at(deadline.into(), TcpStream::connect_addr(target.addr)).await {
+        Ok(Ok(tcp)) => {
+            let _ = tcp.set_nodelay(true);
+            match &target.tls {
+                None => Ok(Stream::Plain(tcp)),
+                Some(t) => handshake(target, t, tls, tcp, deadline).await,
             }
-            Err(_) => Err(Failure::ConnectTimeout),
-        };
-        worker.note_target(target.id, ok.is_ok());
-        if ok.is_err() {
-            stats.upstream_connect_failures.inc();
-        }
-        return ok;
-    }
-    worker.note_target(target.id, matches!(result, Ok(Ok(_))));
-    match result {
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            Ok(Stream::Plain(stream))
         }
         Ok(Err(e)) => {
-            stats.upstream_connect_failures.inc();
             tracing::debug!(target = %target.name, error = %e, "connect failed");
             Err(Failure::ConnectFailed)
         }
         Err(_) => {
-            stats.upstream_connect_failures.inc();
             tracing::debug!(target = %target.name, "connect timed out");
+            Err(Failure::ConnectTimeout)
+        }
+    };
+    worker.note_target(target.id, result.is_ok());
+    if result.is_err() {
+        stats.upstream_connect_failures.inc();
+    }
+    result
+}
+
+/// The TLS handshake with an `https://` target, by `deadline`.
+async fn handshake(
+    target: &TargetSpec,
+    t: &TargetTls,
+    tls: &TlsMaterial,
+    tcp: TcpStream,
+    deadline: Instant,
+) -> Result<Stream, Failure> {
+    let config = if t.verify {
+        &tls.verified
+    } else {
+        &tls.unverified
+    };
+    let (Some(config), Ok(name)) = (config, ServerName::try_from(t.server_name.clone())) else {
+        return Err(Failure::UpstreamTls);
+    };
+    let handshake = TlsStream::connect(tcp, config.clone(), name);
+    match timeout_at(deadline.into(), handshake).await {
+        Ok(Ok(s)) => Ok(Stream::Tls(Box::new(s))),
+        Ok(Err(e)) => {
+            tracing::debug!(target = %target.name, error = %e, "TLS handshake with target failed");
+            Err(Failure::UpstreamTls)
+        }
+        Err(_) => {
+            tracing::debug!(target = %target.name, "TLS handshake with target timed out");
             Err(Failure::ConnectTimeout)
         }
     }
