@@ -49,6 +49,7 @@ WORKLOADS=${WORKLOADS:-small}
 SCENARIOS=${SCENARIOS:-"direct floor dispa nginx haproxy"}
 RATE=${RATE:-auto}
 BASE_BIN=${BASE_BIN:-target/release/dispa}
+UPSTREAM_CONNS=${UPSTREAM_CONNS:-1024}
 BACKEND_PORT=18091 NGINX_PORT=18093 HAPROXY_PORT=18094 DISPA_PORT=18100
 NGINX_TLS_PORT=18095 HAPROXY_TLS_PORT=18096 FLOOR_PORT=18097 TLS_KEY=${TLS_KEY:-ecdsa}
 
@@ -105,6 +106,15 @@ dispa_logging() {
     *) printf '[logging]\ntype = "both"\n[logging.file]\ndirectory = "%s"\n[logging.database]\npath = "%s"\n' "$WORK/$1-logs" "$WORK/$1.db";;
   esac
 }
+# As nginx's "keepalive 1024" below: at most $UPSTREAM_CONNS connections to the backend, in use
+# and idle together; at c10000 the other requests wait for one (0 = no limit, Dispa's
+# default). Not for dispa-base*: binaries before 2026-11-30 do not know the key.
+dispa_upstream() {
+  case $1 in
+    dispa-base*) ;;
+    *) printf '[upstream]\nmax_connections_per_target = %s\n' "$UPSTREAM_CONNS";;
+  esac
+}
 port=$DISPA_PORT
 for s in $SCENARIOS; do
   case $s in dispa*) ;; *) continue;; esac
@@ -124,6 +134,7 @@ intercept_domains = ["example.com", "localhost"]
 [[targets.targets]]
 name = "backend"
 url = "http://127.0.0.1:$BACKEND_PORT"
+$(dispa_upstream "$s")
 [monitoring]
 health_bind = "127.0.0.1:$((port + 1))"
 metrics_bind = "127.0.0.1:$((port + 2))"

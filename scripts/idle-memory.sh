@@ -52,7 +52,7 @@ enabled = false
 CONF
 taskset -c 1 nginx -c "$WORK/backend.conf" -e "$WORK/backend.err" & PIDS+=($!)
 taskset -c 0 nginx -c "$WORK/nginx.conf" -e "$WORK/nginx.err" & NGINX=$!; PIDS+=($NGINX)
-taskset -c 0 target/release/dispa -c "$WORK/dispa.toml" 2>"$WORK/dispa.err" & DISPA=$!; PIDS+=($DISPA)
+taskset -c 0 env ${DISPA_ENV:-} target/release/dispa -c "$WORK/dispa.toml" 2>"$WORK/dispa.err" & DISPA=$!; PIDS+=($DISPA)
 sleep 1
 
 cat > "$WORK/idle.py" <<'PY'

@@ -596,6 +596,8 @@ fn upstream(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Upstream {
     let u = Upstream {
         keepalive: s.bool("keepalive", true, errors),
         max_idle_per_target: s.uint("max_idle_per_target", 1024, 0, 100_000, errors) as usize,
+        max_connections_per_target: s.uint("max_connections_per_target", 0, 0, 1_000_000, errors)
+            as usize,
         max_tries: s.uint("max_tries", 3, 1, 100, errors) as u32,
         ca_file: s.string("ca_file", errors).map(PathBuf::from),
     };
@@ -606,8 +608,10 @@ fn upstream(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Upstream {
 fn timeouts(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Timeouts {
     let mut s = s.unwrap_or_else(|| Section::empty("timeouts"));
     let secs = Duration::from_secs;
+    let connect = s.duration("connect", secs(5), errors);
     let t = Timeouts {
-        connect: s.duration("connect", secs(5), errors),
+        connect,
+        queue: s.duration("queue", connect, errors),
         upstream_response: s.duration("upstream_response", secs(60), errors),
         upstream_idle: s.duration("upstream_idle", secs(30), errors),
         client_head: s.duration("client_head", secs(30), errors),

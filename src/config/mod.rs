@@ -259,6 +259,9 @@ pub struct HealthCheck {
 pub struct Upstream {
     pub keepalive: bool,
     pub max_idle_per_target: usize,
+    /// Connections a worker opens to one target, in use and idle (0: no limit); beyond
+    /// it requests wait up to `timeouts.queue` for one.
+    pub max_connections_per_target: usize,
     /// Attempts to connect (each to a different target when there is one) before giving up.
     pub max_tries: u32,
     /// `ca_file`: PEM roots for `https://` targets instead of the system's.
@@ -269,6 +272,9 @@ pub struct Upstream {
 #[derive(Debug, Clone)]
 pub struct Timeouts {
     pub connect: Duration,
+    /// How long a request waits for a connection to a target at
+    /// `upstream.max_connections_per_target` (default: `connect`).
+    pub queue: Duration,
     pub upstream_response: Duration,
     pub upstream_idle: Duration,
     pub client_head: Duration,

@@ -328,6 +328,12 @@ const COUNTERS: &[Family] = &[
         |s| workers_sum(s, |w| w.upstream_retries.get()),
     ),
     (
+        "dispa_upstream_queued_total",
+        "Requests that waited for a connection to a target at upstream.max_connections_per_target.",
+        &[],
+        |s| workers_sum(s, |w| w.upstream_queued.get()),
+    ),
+    (
         "dispa_received_bytes_total",
         "Bytes read from clients.",
         &[],

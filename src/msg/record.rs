@@ -31,10 +31,13 @@ pub enum ErrorKind {
     /// A TLS client's SNI named a host Dispa does not intercept: refused in the handshake
     /// (the record's `sni` says which).
     TlsRefused,
+    /// The target was at `upstream.max_connections_per_target` and no connection to it
+    /// came free within `timeouts.queue` (answered 503).
+    QueueTimeout,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 12] = [
+    pub const ALL: [ErrorKind; 13] = [
         ErrorKind::Connect,
         ErrorKind::ConnectTimeout,
         ErrorKind::NoTarget,
@@ -47,6 +50,7 @@ impl ErrorKind {
         ErrorKind::UpstreamTls,
         ErrorKind::Misdirected,
         ErrorKind::TlsRefused,
+        ErrorKind::QueueTimeout,
     ];
 
     pub fn label(self) -> &'static str {
@@ -63,6 +67,7 @@ impl ErrorKind {
             ErrorKind::UpstreamTls => "upstream_tls",
             ErrorKind::Misdirected => "misdirected",
             ErrorKind::TlsRefused => "tls_refused",
+            ErrorKind::QueueTimeout => "queue_timeout",
         }
     }
 }

@@ -51,6 +51,8 @@ pub struct WorkerStats {
     pub upstream_connect_failures: Counter,
     pub upstream_reused: Counter,
     pub upstream_retries: Counter,
+    /// Requests that waited for a connection to a target at its connection limit.
+    pub upstream_queued: Counter,
     pub upgrades: Counter,
     /// Upstream failures after connecting: timeouts, invalid or truncated responses.
     pub upstream_timeouts: Counter,

@@ -16,6 +16,7 @@ use super::draft::RecordDraft;
 use super::exchange::{Captures, Exchange};
 use super::failure::Failure;
 use super::outcome::{Next, Outcome};
+use super::pool::Permit;
 use super::relay;
 use super::state::{Current, Worker};
 use super::tally::NONE;
@@ -72,7 +73,7 @@ pub async fn serve(worker: Rc<Worker>, stream: Stream, peer: SocketAddr) {
         slot,
     };
     match conn.run().await {
-        Some(upstream) => {
+        Some((upstream, _permit)) => {
             let idle = worker.current().snapshot.config.timeouts.tunnel_idle;
             Box::pin(relay::tunnel(conn.client.stream, upstream, idle)).await;
         }
@@ -142,9 +143,10 @@ pub async fn serve_tls(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
 }
 
 impl Conn {
-    /// Serve requests until the connection closes; returns an upstream connection when
-    /// the client's connection has become a tunnel to it.
-    async fn run(&mut self) -> Option<Stream> {
+    /// Serve requests until the connection closes; returns an upstream connection (and
+    /// its place under the target's limit) when the client's connection has become a
+    /// tunnel to it.
+    async fn run(&mut self) -> Option<(Stream, Permit)> {
         loop {
             let head = match self.read_head(&self.worker.current()).await {
                 Ok(head) => head,
@@ -165,7 +167,7 @@ impl Conn {
             match next {
                 Next::KeepAlive if !self.worker.stopping.get() => {}
                 Next::KeepAlive | Next::Close => return None,
-                Next::Tunnel(upstream) => return Some(upstream),
+                Next::Tunnel(upstream, permit) => return Some((upstream, permit)),
             }
             // Between requests a connection keeps only a small read buffer.
             self.ubuf.shrink_if_idle(0);

@@ -40,6 +40,9 @@ pub enum Failure {
     NoTarget,
     /// Over `limits.max_connections`.
     TooManyConnections,
+    /// The target was at `upstream.max_connections_per_target` for all of
+    /// `timeouts.queue`.
+    QueueTimeout,
     // --- the target's side
     ConnectFailed,
     ConnectTimeout,
@@ -76,7 +79,7 @@ impl Failure {
         match self {
             BadHead(_) | HeadTimeout | NotIntercepted | Misdirected | BodyTooLarge
             | BodyTimeout | BadChunkedBody | ClientGone => Side::Client,
-            NoTarget | TooManyConnections => Side::Proxy,
+            NoTarget | TooManyConnections | QueueTimeout => Side::Proxy,
             ConnectFailed | ConnectTimeout | UpstreamTls | SendTimeout | StoppedReading | Stale
             | ResponseTimeout | BadResponse | TooManyInterim | UnaskedSwitch
             | ClosedMidResponse | StalledMidResponse | Truncated => Side::Upstream,
@@ -97,6 +100,7 @@ impl Failure {
             BadChunkedBody => (400, "invalid chunked request body"),
             NoTarget => (503, "no target available"),
             TooManyConnections => (503, "too many connections"),
+            QueueTimeout => (503, "timed out waiting for a connection to the target"),
             ConnectFailed => (502, "cannot connect to the target"),
             ConnectTimeout => (504, "timed out connecting to the target"),
             UpstreamTls => (502, "TLS handshake with the target failed"),
@@ -123,6 +127,7 @@ impl Failure {
             BodyTooLarge | BodyTimeout | BadChunkedBody | ClientGone => ErrorKind::Client,
             Misdirected => ErrorKind::Misdirected,
             NoTarget => ErrorKind::NoTarget,
+            QueueTimeout => ErrorKind::QueueTimeout,
             ConnectFailed => ErrorKind::Connect,
             UpstreamTls => ErrorKind::UpstreamTls,
             ConnectTimeout => ErrorKind::ConnectTimeout,
@@ -167,7 +172,7 @@ impl Failure {
             StoppedReading | Stale | BadResponse | TooManyInterim | UnaskedSwitch
             | ClosedMidResponse => stats.upstream_bad_responses.inc(),
             // Connect failures are counted per attempt, where they happen.
-            ConnectFailed | ConnectTimeout | UpstreamTls | NoTarget => {}
+            ConnectFailed | ConnectTimeout | UpstreamTls | NoTarget | QueueTimeout => {}
             BodyTimeout | BadChunkedBody | ClientGone | Truncated => {}
         }
     }
@@ -177,7 +182,8 @@ impl Failure {
 mod tests {
     use super::*;
 
-    const ALL: [Failure; 25] = [
+    const ALL: [Failure; 26] = [
+        Failure::QueueTimeout,
         Failure::Misdirected,
         Failure::UpstreamTls,
         Failure::TooManyInterim,

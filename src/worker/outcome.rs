@@ -57,8 +57,9 @@ impl Default for Outcome {
 pub enum Next {
     KeepAlive,
     Close,
-    /// The target switched protocols: relay bytes both ways on this upstream connection.
-    Tunnel(crate::io::Stream),
+    /// The target switched protocols: relay bytes both ways on this upstream connection
+    /// (holding its place under the target's connection limit until it ends).
+    Tunnel(crate::io::Stream, super::pool::Permit),
 }
 
 impl Next {

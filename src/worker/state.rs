@@ -49,14 +49,21 @@ impl Current {
     }
 }
 
-/// Idle upstream connections kept per target (none when upstream keep-alive is off).
-pub fn max_idle(snapshot: &Snapshot) -> usize {
-    let upstream = &snapshot.config.upstream;
-    if upstream.keepalive {
-        upstream.max_idle_per_target
+/// The pool's limits from a snapshot: idle connections kept per target (none when
+/// upstream keep-alive is off), connections open per target (0: no limit), and how long
+/// an idle one is kept.
+fn pool_limits(snapshot: &Snapshot) -> (usize, usize, Duration) {
+    let up = &snapshot.config.upstream;
+    let idle = if up.keepalive {
+        up.max_idle_per_target
     } else {
         0
-    }
+    };
+    (
+        idle,
+        up.max_connections_per_target,
+        snapshot.config.timeouts.upstream_idle,
+    )
 }
 
 pub struct Worker {
@@ -88,7 +95,8 @@ impl Worker {
         events_tx: Sender<WorkerEvent>,
         records_tx: RecordSender,
     ) -> Self {
-        let pool = Pool::new(max_idle(&snapshot), snapshot.config.timeouts.upstream_idle);
+        let (idle, open, idle_timeout) = pool_limits(&snapshot);
+        let pool = Pool::new(idle, open, idle_timeout);
         pool.retain_targets(snapshot.targets.iter().map(|t| t.id));
         stats.generation.set(snapshot.generation);
         let started = crate::clock::unix_secs() as u32;
@@ -212,8 +220,8 @@ impl Worker {
         self.report();
         self.pool
             .retain_targets(snapshot.targets.iter().map(|t| t.id));
-        self.pool
-            .configure(max_idle(&snapshot), snapshot.config.timeouts.upstream_idle);
+        let (idle, open, idle_timeout) = pool_limits(&snapshot);
+        self.pool.configure(idle, open, idle_timeout);
         let generation = snapshot.generation;
         let next = self.current().followed_by(snapshot, self.id);
         *self.current.borrow_mut() = Rc::new(next);

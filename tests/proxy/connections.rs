@@ -243,3 +243,92 @@ fn a_parked_keep_alive_connection_serves_again_and_still_times_out() {
         "closed after {waited:?}"
     );
 }
+
+/// A backend that takes `hold` per request and notes the most requests it had at once;
+/// `close` ends each connection after its response.
+fn busy_backend(hold: Duration, close: bool) -> (Backend, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (now, max) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let seen_max = max.clone();
+    let b = Backend::start(Arc::new(move |_req: &Seen, s: &mut TcpStream| {
+        let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+        max.fetch_max(n, Ordering::SeqCst);
+        std::thread::sleep(hold);
+        now.fetch_sub(1, Ordering::SeqCst);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        if close {
+            Reply::Close
+        } else {
+            Reply::KeepAlive
+        }
+    }));
+    (b, seen_max)
+}
+
+/// `n` clients at once, each on its own connection: their statuses and answer texts.
+fn concurrent_gets(addr: std::net::SocketAddr, n: usize) -> Vec<(u16, String)> {
+    let clients: Vec<_> = (0..n)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let r = Client::connect(addr).get("example.com", &format!("/{i}"));
+                (r.status, r.text())
+            })
+        })
+        .collect();
+    clients.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+#[test]
+fn connections_per_target_are_limited_and_requests_queue_for_them() {
+    use std::sync::atomic::Ordering;
+    let (b, max) = busy_backend(Duration::from_millis(150), false);
+    let extra = "[upstream]\nmax_connections_per_target = 2\n";
+    let p = proxy(&config(&[b.addr], "round_robin", extra));
+    let answers = concurrent_gets(p.local_addr(), 8);
+    assert!(answers.iter().all(|(s, _)| *s == 200), "{answers:?}");
+    assert_eq!(b.requests().len(), 8);
+    // Eight requests at once over two connections: the rest waited and were handed the
+    // connections as they came back.
+    assert_eq!(b.connection_count(), 2);
+    assert_eq!(max.load(Ordering::SeqCst), 2);
+    let stats = &p.stats()[0];
+    assert_eq!(stats.upstream_connects.get(), 2);
+    assert!(
+        stats.upstream_queued.get() >= 6,
+        "{}",
+        stats.upstream_queued.get()
+    );
+}
+
+#[test]
+fn a_closed_connection_hands_its_place_to_a_waiting_request() {
+    use std::sync::atomic::Ordering;
+    let (b, max) = busy_backend(Duration::from_millis(100), true);
+    let extra = "[upstream]\nmax_connections_per_target = 1\n";
+    let p = proxy(&config(&[b.addr], "round_robin", extra));
+    let answers = concurrent_gets(p.local_addr(), 4);
+    assert!(answers.iter().all(|(s, _)| *s == 200), "{answers:?}");
+    assert_eq!(b.connection_count(), 4);
+    assert_eq!(max.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_request_queued_past_timeouts_queue_gets_503() {
+    let (b, _) = busy_backend(Duration::from_millis(1500), false);
+    let extra = "[upstream]\nmax_connections_per_target = 1\n[timeouts]\nqueue = \"200ms\"\n";
+    let p = proxy(&config(&[b.addr], "round_robin", extra));
+    let mut answers = concurrent_gets(p.local_addr(), 2);
+    answers.sort();
+    assert_eq!(answers[0].0, 200, "{answers:?}");
+    assert_eq!(answers[1].0, 503, "{answers:?}");
+    assert!(
+        answers[1].1.contains("waiting for a connection"),
+        "{answers:?}"
+    );
+    assert_eq!(b.connection_count(), 1);
+    let errors = &p.stats()[0].errors;
+    assert_eq!(
+        errors[dispa::msg::ErrorKind::QueueTimeout as usize].get(),
+        1
+    );
+}

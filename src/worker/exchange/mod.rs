@@ -20,7 +20,7 @@ use super::state::{Current, Worker};
 use crate::http::encode::{self, Forward};
 use crate::http::{Body, RequestHead};
 use crate::io::ReadBuf;
-use upstream::{InflightGuard, Upstream};
+use upstream::InflightGuard;
 
 /// Request bodies up to this size that are already buffered go upstream with the head (and
 /// can then be sent again on a fresh connection).
@@ -133,7 +133,10 @@ impl Exchange<'_> {
                     match upstream::connect(self.worker, target, &cfg.tls, cfg.timeouts.connect)
                         .await
                     {
-                        Ok(stream) => up = Upstream::new(stream),
+                        Ok(stream) => {
+                            up.stream = stream;
+                            up.reused = false;
+                        }
                         Err(f) => return self.fail(f).await,
                     }
                 }
@@ -148,7 +151,7 @@ impl Exchange<'_> {
             target: idx,
             body_unsent,
         };
-        match respond::respond(self, sent, up.stream, response).await {
+        match respond::respond(self, sent, up, response).await {
             Ok(next) => next,
             Err(f) => self.fail(f).await,
         }

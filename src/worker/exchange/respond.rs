@@ -7,12 +7,14 @@ use crate::io::Stream;
 use monoio::time::timeout;
 
 use super::Exchange;
+use super::upstream::Upstream;
 use crate::http::encode::{self, ClientFraming};
 use crate::http::parse::field;
 use crate::http::{Body, RequestHead, ResponseHead};
 use crate::worker::draft::keep_fields;
 use crate::worker::failure::Failure;
 use crate::worker::outcome::Next;
+use crate::worker::pool::Permit;
 use crate::worker::relay::{self, Bounds};
 
 /// Response bodies up to this size are sent with their head in one write (each write to
@@ -37,11 +39,17 @@ pub struct Sent<'a> {
 pub async fn respond(
     ex: &mut Exchange<'_>,
     req: Sent<'_>,
-    upstream: Stream,
+    up: Upstream,
     r: ResponseHead,
 ) -> Result<Next, Failure> {
+    let Upstream {
+        stream: mut upstream,
+        permit,
+        ..
+    } = up;
     if r.status == 101 {
-        return switch_protocols(ex, &req, upstream, &r).await;
+        let tunnel = switch_protocols(ex, &req, upstream, &r).await?;
+        return Ok(tunnel.map_or(Next::Close, |s| Next::Tunnel(s, permit)));
     }
     let cfg = &ex.current.snapshot.config;
     let framing = encode::client_framing(&r, req.head.minor_version);
@@ -66,7 +74,6 @@ pub async fn respond(
     ex.ubuf.consume(r.head_len);
     ex.outcome.status = r.status;
 
-    let mut upstream = upstream;
     match r.body {
         Body::Length(n) if n <= INLINE_RESPONSE => {
             read_whole_body(ex, &mut upstream, r.head_len, n, req.target).await?;
@@ -84,18 +91,19 @@ pub async fn respond(
             stream_body(ex, &mut upstream, &r, framing, req.target).await?;
         }
     }
-    settle_upstream(ex, upstream, upstream_keep, req.target);
+    settle_upstream(ex, upstream, permit, upstream_keep, req.target);
     Ok(Next::keep_if(client_keep))
 }
 
 /// A 101: send the switching head (and any bytes that followed it) to the client, and any
-/// bytes the client sent early to the target; the connection is then a tunnel.
+/// bytes the client sent early to the target; the connection is then a tunnel to the
+/// returned stream (`None`: it ended already).
 async fn switch_protocols(
     ex: &mut Exchange<'_>,
     req: &Sent<'_>,
     mut upstream: Stream,
     r: &ResponseHead,
-) -> Result<Next, Failure> {
+) -> Result<Option<Stream>, Failure> {
     if req.head.upgrade.is_none() {
         return Err(Failure::UnaskedSwitch);
     }
@@ -120,10 +128,10 @@ async fn switch_protocols(
             timeout(send, rbuf.write_front(&mut upstream, n)).await,
             Ok(Ok(()))
         ) {
-            return Ok(Next::Close);
+            return Ok(None);
         }
     }
-    Ok(Next::Tunnel(upstream))
+    Ok(Some(upstream))
 }
 
 /// Read the rest of a body of `n` bytes into the upstream buffer (it has usually arrived
@@ -214,11 +222,17 @@ async fn stream_body(
 /// Put the upstream connection back in the pool when it can carry another request: the
 /// target allows it and nothing follows the response (bytes after a complete response
 /// mean the target is confused).
-fn settle_upstream(ex: &mut Exchange<'_>, upstream: Stream, keep: bool, target: usize) {
+fn settle_upstream(
+    ex: &mut Exchange<'_>,
+    upstream: Stream,
+    permit: Permit,
+    keep: bool,
+    target: usize,
+) {
     let clean = ex.ubuf.is_empty();
     ex.ubuf.consume(ex.ubuf.len());
     if keep && clean {
         let id = ex.current.snapshot.targets[target].id;
-        ex.worker.pool.put(id, upstream);
+        ex.worker.pool.put(id, upstream, permit);
     }
 }

@@ -1,11 +1,12 @@
 //! Getting a connection to a target: the worker's balancer picks among the targets not yet
-//! tried, an idle pooled connection is taken when there is one, else a new one is opened;
+//! tried, an idle pooled connection is taken when there is one, else a new one is opened
+//! (after a wait in the target's queue when it is at `upstream.max_connections_per_target`);
 //! connect failures fail over to the next target, up to `upstream.max_tries`.
 
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
-use monoio::time::timeout_at;
+use monoio::time::{timeout, timeout_at};
 use rustls::pki_types::ServerName;
 
 use crate::config::{TargetTls, TlsMaterial};
@@ -16,23 +17,17 @@ use super::Exchange;
 use crate::balance::Candidates;
 use crate::config::TargetSpec;
 use crate::worker::failure::Failure;
+use crate::worker::pool::{Admission, Grant, Permit};
 use crate::worker::state::Worker;
 
 /// A connection to the target of an exchange.
 pub struct Upstream {
     pub stream: Stream,
+    /// Its place under the target's connection limit, given back when it closes.
+    pub permit: Permit,
     /// It came from the pool: a failure before any response byte may mean it had gone
     /// stale while idle.
     pub reused: bool,
-}
-
-impl Upstream {
-    pub fn new(stream: Stream) -> Self {
-        Upstream {
-            stream,
-            reused: false,
-        }
-    }
 }
 
 /// Counts the request against its target for `least_connections` while it runs.
@@ -73,20 +68,40 @@ pub async fn pick_and_connect(ex: &mut Exchange<'_>) -> Result<(usize, Upstream)
         let Some(idx) = current.balancer.borrow_mut().pick(&candidates, &load) else {
             break;
         };
-        if let Some(stream) = ex.worker.pool.take(snap.targets[idx].id) {
-            ex.worker.stats.upstream_reused.inc();
-            let reused = true;
-            return Ok((idx, Upstream { stream, reused }));
+        let pool = &ex.worker.pool;
+        let id = snap.targets[idx].id;
+        if let Some((stream, permit)) = pool.take(id) {
+            return Ok((idx, reused(ex.worker, stream, permit)));
         }
-        match connect(
-            ex.worker,
-            &snap.targets[idx],
-            &cfg.tls,
-            cfg.timeouts.connect,
-        )
-        .await
-        {
-            Ok(stream) => return Ok((idx, Upstream::new(stream))),
+        let permit = match pool.admit(id) {
+            Admission::Now(permit) => permit,
+            Admission::Queued(wait) => {
+                ex.worker.stats.upstream_queued.inc();
+                match timeout(cfg.timeouts.queue, wait).await {
+                    Ok(Grant::Conn(stream, permit)) => {
+                        return Ok((idx, reused(ex.worker, stream, permit)));
+                    }
+                    Ok(Grant::Room(permit)) => permit,
+                    Err(_) => {
+                        ex.outcome.target = idx as u32;
+                        return Err(Failure::QueueTimeout);
+                    }
+                }
+            }
+        };
+        let target = &snap.targets[idx];
+        match connect(ex.worker, target, &cfg.tls, cfg.timeouts.connect).await {
+            Ok(stream) => {
+                let reused = false;
+                return Ok((
+                    idx,
+                    Upstream {
+                        stream,
+                        permit,
+                        reused,
+                    },
+                ));
+            }
             Err(f) => {
                 last = f;
                 ex.outcome.target = idx as u32;
@@ -95,6 +110,17 @@ pub async fn pick_and_connect(ex: &mut Exchange<'_>) -> Result<(usize, Upstream)
         tried.push(idx);
     }
     Err(last)
+}
+
+/// A connection that served a request before.
+fn reused(worker: &Worker, stream: Stream, permit: Permit) -> Upstream {
+    worker.stats.upstream_reused.inc();
+    let reused = true;
+    Upstream {
+        stream,
+        permit,
+        reused,
+    }
 }
 
 /// Open a new connection to `target` within `limit` (TCP, and the TLS handshake of an
