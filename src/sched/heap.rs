@@ -1,7 +1,14 @@
-//! Gives memory freed by parked connections back to the system once every worker is quiet
-//! (on the control thread).
+//! Gives memory freed by parked connections back to the system once a worker is quiet.
 //!
-//! glibc returns only the top of its heap by itself. A parked keep-alive connection frees
+//! Rust's allocations go to mimalloc (src/lib.rs), which keeps a heap per thread and
+//! purges the pages a thread freed (a second after) only when that thread calls into it
+//! again: a worker that went quiet after a wave of requests would keep them all. So
+//! the worker collects its own heap ([`WorkerHeap`]) once it served nothing for a tick
+//! and connections parked since its last collection. (Purging at once on every free
+//! instead cost 10–35 % more CPU per request under load; docs/BENCHMARKS.md.)
+//!
+//! What C code allocates (SQLite, on the logging thread) stays with glibc, which returns
+//! only the top of its heap by itself. A parked keep-alive connection frees
 //! its buffers, but they lie between the small allocations of connections that stay (their
 //! tasks), so without this every idle connection keeps about a KiB more resident.
 //! `malloc_trim` walks every arena and takes each arena's lock in turn (milliseconds with
@@ -50,6 +57,27 @@ impl HeapTrim {
             trim();
             self.last = Instant::now();
             tracing::debug!(took = ?self.last.duration_since(now), "returned freed memory");
+        }
+    }
+}
+
+/// When a worker collects its heap: on its once-a-second chores, when it served no
+/// request since the last ones, has none in flight, and at least
+/// [`HeapTrim::MIN_PARKED`] connections parked since its last collection.
+#[derive(Default)]
+pub struct WorkerHeap {
+    requests: u64,
+    parked_at_last: u64,
+}
+
+impl WorkerHeap {
+    pub fn tick(&mut self, requests: u64, busy: u64, parked: u64) {
+        let quiet = requests == self.requests && busy == 0;
+        self.requests = requests;
+        if quiet && parked.saturating_sub(self.parked_at_last) >= HeapTrim::MIN_PARKED {
+            self.parked_at_last = parked;
+            // SAFETY: mi_collect has no preconditions; it works on the calling thread's heap.
+            unsafe { libmimalloc_sys::mi_collect(true) };
         }
     }
 }

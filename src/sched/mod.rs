@@ -11,17 +11,17 @@
 //!   from `SCHED_IDLE` needs `CAP_SYS_NICE` or an `RLIMIT_NICE` that allows nice 0 (root
 //!   has both; systemd: `LimitNICE=+0`), so [`can_switch`] probes it first and the
 //!   background class is used only where both directions work.
-//! - the control thread gives memory freed by parked connections back to the system when
-//!   every worker is quiet ([`HeapTrim`]).
+//! - a worker gives memory freed by parked connections back to the system when it is
+//!   quiet ([`WorkerHeap`]), the control thread what C code freed ([`HeapTrim`]).
 //!
 //! All of it is behind one switch, `server.scheduler_hints` (on by default): off, no thread
-//! asks for a slice, the logging thread stays normal and the heap is never trimmed.
+//! asks for a slice, the logging thread stays normal and no heap is collected or trimmed.
 
 mod batch;
 mod heap;
 
 pub use batch::{BatchClass, Started};
-pub use heap::HeapTrim;
+pub use heap::{HeapTrim, WorkerHeap};
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! A worker's inbox task: new snapshots and shutdown from the control thread, polled
 //! without blocking, and the worker's periodic chores (reports, pool aging, sweeping parked
-//! connections past their deadline).
+//! connections past their deadline, collecting its heap when quiet).
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -30,6 +30,7 @@ pub async fn run(
     let mut last_evict = Instant::now();
     let mut last_report = Instant::now();
     let mut last_sweep = Instant::now();
+    let mut heap = crate::sched::WorkerHeap::default();
     loop {
         monoio::time::sleep(INBOX_POLL).await;
         loop {
@@ -68,6 +69,10 @@ pub async fn run(
         if last_evict.elapsed() >= Duration::from_secs(1) {
             worker.pool.evict_expired();
             last_evict = Instant::now();
+            if worker.current().snapshot.config.server.scheduler_hints {
+                let s = &worker.stats;
+                heap.tick(s.requests.get(), s.busy_requests.get(), s.parked.get());
+            }
         }
     }
 }
