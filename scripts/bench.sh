@@ -30,7 +30,9 @@
 # tls-resume (a new connection per request: wrk resumes each session with a ticket) and
 # tls-new (full TLS 1.3 handshakes, no request: openssl s_time -new; CPU per handshake).
 #   TLS_KEY=ecdsa WORKLOADS="tls-small tls-1m tls-resume tls-new" SCENARIOS="dispa nginx haproxy" LOG=on scripts/bench.sh
-# Dispa records every request (gzip files + SQLite) except in dispa-norec; dispa-spare is
+# Dispa records every request (gzip files + SQLite) except in dispa-norec; dispa-pg records
+# to gzip files + PostgreSQL (a server of its own on $LOAD_CPU, its CPU reported apart:
+# needs the postgresql package); dispa-spare is
 # dispa allowed both CPUs: its one worker still pins itself to $PROXY_CPU (the first CPU it
 # may use) and the logging and control threads may run on $LOAD_CPU's idle time, the layout
 # of a machine where Dispa runs one worker fewer than CPUs. LOG=on turns on
@@ -51,7 +53,7 @@ RATE=${RATE:-auto}
 BASE_BIN=${BASE_BIN:-target/release/dispa}
 UPSTREAM_CONNS=${UPSTREAM_CONNS:-1024}
 BACKEND_PORT=18091 NGINX_PORT=18093 HAPROXY_PORT=18094 DISPA_PORT=18100
-NGINX_TLS_PORT=18095 HAPROXY_TLS_PORT=18096 FLOOR_PORT=18097 TLS_KEY=${TLS_KEY:-ecdsa}
+NGINX_TLS_PORT=18095 HAPROXY_TLS_PORT=18096 FLOOR_PORT=18097 PG_PORT=18098 TLS_KEY=${TLS_KEY:-ecdsa}
 
 need wrk wrk; need nginx nginx-light; need haproxy haproxy; need curl curl; need openssl openssl; need cc gcc
 # common.sh raised the open-files limit to the hard limit (NOFILE). A proxy holds a
@@ -93,7 +95,7 @@ taskset -c "$LOAD_CPU" nginx -c "$WORK/backend.conf" -e "$WORK/backend.err" & PI
 declare -A DISPA_PIDS DISPA_PORTS
 dispa_extra() {
   case $1 in
-    dispa|dispa-norec|dispa-spare|dispa-base|dispa-base-norec) echo "";;
+    dispa|dispa-norec|dispa-spare|dispa-base|dispa-base-norec|dispa-pg) echo "";;
     dispa-epoll) echo 'io_driver = "legacy"';;
     dispa-plain) echo 'uring_flags = []';;
     dispa-defer) echo 'uring_flags = ["single_issuer", "defer_taskrun"]';;
@@ -103,6 +105,8 @@ dispa_extra() {
 dispa_logging() {
   case $1 in
     dispa-norec|dispa-base-norec) printf '[logging]\nenabled = false\n';;
+    # As dispa, with PostgreSQL instead of SQLite beside the gzip files.
+    dispa-pg) printf '[logging]\ntype = "both"\n[logging.file]\ndirectory = "%s"\n[logging.database]\nurl = "postgres://dispa:bench@127.0.0.1:%s/postgres"\ninstance = "bench"\n' "$WORK/$1-logs" "$PG_PORT";;
     *) printf '[logging]\ntype = "both"\n[logging.file]\ndirectory = "%s"\n[logging.database]\npath = "%s"\n' "$WORK/$1-logs" "$WORK/$1.db";;
   esac
 }
@@ -115,6 +119,22 @@ dispa_upstream() {
     *) printf '[upstream]\nmax_connections_per_target = %s\n' "$UPSTREAM_CONNS";;
   esac
 }
+# --- PostgreSQL for dispa-pg: its own server in $WORK (as the postgres user), on the load
+# CPU; its CPU per request is reported apart from Dispa's.
+PG_PID=""
+if [[ " $SCENARIOS " == *" dispa-pg "* ]]; then
+  PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | tail -n 1)
+  mkdir -p "$WORK/pg"; echo bench > "$WORK/pg/pw"; chown -R postgres "$WORK/pg"
+  as_pg() { setpriv --reuid=postgres --regid=postgres --init-groups "$@"; }
+  as_pg "$PG_BIN/initdb" -D "$WORK/pg/data" -U dispa --auth-host=scram-sha-256 \
+    --pwfile="$WORK/pg/pw" >/dev/null
+  taskset -c "$LOAD_CPU" setpriv --reuid=postgres --regid=postgres --init-groups \
+    "$PG_BIN/postgres" -D "$WORK/pg/data" -p "$PG_PORT" -k "$WORK/pg" \
+    -c listen_addresses=127.0.0.1 >"$WORK/pg/log" 2>&1 & PIDS+=($!)
+  PG_PID=$!
+  wait_port_early() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+  wait_port_early "$PG_PORT" || { echo "PostgreSQL did not start" >&2; cat "$WORK/pg/log" >&2; exit 1; }
+fi
 port=$DISPA_PORT
 for s in $SCENARIOS; do
   case $s in dispa*) ;; *) continue;; esac
@@ -273,6 +293,7 @@ run() {
   pid=$(pid_of "$s")
   acc_before=$(backend_accepts)
   [ -n "$pid" ] && before=$(ticks "$pid")
+  local pg_before=0; [ "$s" = dispa-pg ] && pg_before=$(ticks "$PG_PID")
   if [ "$w" = tls-new ]; then
     # Full handshakes only (s_time -new sends no request and resumes nothing).
     out=$(taskset -c "$LOAD_CPU" openssl s_time -connect "127.0.0.1:$(tls_port_of "$s")" -new \
@@ -309,6 +330,10 @@ run() {
     errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
   fi
   [ -n "$pid" ] && after=$(ticks "$pid")
+  if [ "$s" = dispa-pg ]; then
+    awk -v w="$w" -v r="$round" -v t=$(( $(ticks "$PG_PID") - pg_before )) -v hz="$HZ" -v n="$reqs" \
+      'BEGIN { if (n > 0) printf "%s %s %.2f\n", w, r, t / hz * 1e6 / n }' >> "$WORK/pg-cpu.txt"
+  fi
   acc_after=$(backend_accepts)
   local cpu_us rss up
   cpu_us=$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN { if (t > 0 && n > 0) printf "%.2f", t / hz * 1e6 / n; else print "-" }')
@@ -347,7 +372,7 @@ for s in $SCENARIOS; do
   metrics=$(curl -s "http://127.0.0.1:$((port + 2))/metrics")
   dropped=$(awk '$1=="dispa_traffic_records_dropped_total" {print $2}' <<<"$metrics")
   written=$(awk '$1=="dispa_traffic_records_total{sink=\"database\"}" {print $2}' <<<"$metrics")
-  DROPS="$DROPS$s: traffic records dropped ${dropped:-?}, written to SQLite ${written:-?}. "
+  DROPS="$DROPS$s: traffic records dropped ${dropped:-?}, written to the database ${written:-?}. "
 done
 
 python3 - "$RESULTS" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$DROPS" "$LOG" <<'PY'
@@ -389,3 +414,11 @@ for w, scen in by.items():
               f"{fmt(rss and rss / 1024, '{:.1f}')} | {fmt(med(up), '{:.2f}')} | "
               f"{'; '.join(errs) if errs else '0'} |")
 PY
+if [ -s "$WORK/pg-cpu.txt" ]; then
+  echo
+  echo "PostgreSQL's own CPU per request of dispa-pg (not in its proxy CPU column), median of rounds:"
+  awk '{v[$1] = v[$1] " " $3} END {for (w in v) print w, v[w]}' "$WORK/pg-cpu.txt" |
+    while read -r w xs; do
+      printf '%s: %s µs\n' "$w" "$(tr ' ' '\n' <<<"$xs" | sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}')"
+    done
+fi

@@ -30,6 +30,8 @@ pub enum Error {
         id: usize,
         reason: String,
     },
+    /// `[logging.database] required = true` and the PostgreSQL store cannot be reached.
+    Store(String),
 }
 
 impl fmt::Display for Error {
@@ -41,6 +43,10 @@ impl fmt::Display for Error {
             ),
             Error::Thread(e) => write!(f, "cannot start a worker thread: {e}"),
             Error::Worker { id, reason } => write!(f, "worker {id} failed to start: {reason}"),
+            Error::Store(e) => write!(
+                f,
+                "traffic database required (logging.database.required) but {e}"
+            ),
         }
     }
 }
@@ -198,6 +204,18 @@ pub fn start(config: Config, workers: Option<usize>) -> Result<Running, Error> {
         n => n,
     }
     .clamp(1, count.min(crate::config::MAX_SHARDS));
+    if logging_settings.enabled
+        && logging_settings.sinks.database()
+        && let Some(pg) = logging_settings
+            .database
+            .postgres
+            .as_ref()
+            .filter(|p| p.required)
+    {
+        logging::postgres::connect(pg).map_err(|e| {
+            Error::Store(format!("{}: {}", pg.url, logging::postgres::describe(&e)))
+        })?;
+    }
     let mut stopper = Stopper {
         workers: Vec::with_capacity(count),
         loggers: Vec::with_capacity(shards),

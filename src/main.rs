@@ -49,11 +49,12 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
-    /// Read the traffic record (the SQLite store of [logging.database]).
+    /// Read the traffic record (the SQLite or PostgreSQL store of [logging.database]).
     Traffic {
         #[command(subcommand)]
         what: TrafficCommand,
-        /// The SQLite file (default: logging.database.path of the config).
+        /// The SQLite file, or a postgres:// URL (password in it or in PGPASSWORD)
+        /// (default: the store of [logging.database] in the config).
         #[arg(long, global = true)]
         db: Option<PathBuf>,
         /// Only requests to this host.
@@ -341,10 +342,13 @@ fn run_traffic(
     filter: &traffic::Filter,
     what: TrafficCommand,
 ) -> ExitCode {
-    let path = match db {
-        Some(p) => p,
+    let (path, postgres) = match db {
+        Some(p) => match p.to_str().filter(|s| s.starts_with("postgres")) {
+            Some(url) => (p.clone(), Some(traffic::postgres::from_url(url))),
+            None => (p, None),
+        },
         None => match config::load(config_path) {
-            Ok(c) => c.logging.database.path,
+            Ok(c) => (c.logging.database.path, c.logging.database.postgres),
             Err(e) => {
                 eprintln!(
                     "{}: {e} (or give the database with --db)",
@@ -354,6 +358,9 @@ fn run_traffic(
             }
         },
     };
+    if let Some(store) = postgres {
+        return run_traffic_postgres(&store, filter, what);
+    }
     // Run a read-only query on the store and print what it gives.
     let query = |run: &dyn Fn(&rusqlite::Connection) -> rusqlite::Result<String>| {
         let out = traffic::open(&path).and_then(|conn| run(&conn));
@@ -406,6 +413,61 @@ fn generate(path: &Path, records: u64, span: &str) -> ExitCode {
 }
 
 /// `dispa traffic tail -f`: until interrupted (or stdout closes).
+/// `dispa traffic` on a PostgreSQL store.
+fn run_traffic_postgres(
+    store: &config::Postgres,
+    filter: &traffic::Filter,
+    what: TrafficCommand,
+) -> ExitCode {
+    use traffic::postgres as pg;
+    let mut client = match pg::open(store) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let out = match what {
+        TrafficCommand::Generate { .. } => {
+            eprintln!("traffic generate writes SQLite files only");
+            return ExitCode::from(2);
+        }
+        TrafficCommand::Tail {
+            lines,
+            follow: true,
+        } => {
+            use std::io::Write;
+            let mut stdout = std::io::stdout().lock();
+            let emit = |line: &str| {
+                writeln!(stdout, "{line}")
+                    .and_then(|()| stdout.flush())
+                    .is_ok()
+            };
+            pg::follow(&mut client, filter, lines, emit).map(|()| String::new())
+        }
+        TrafficCommand::Tail { lines, .. } => pg::tail(&mut client, filter, lines),
+        TrafficCommand::Sql { query } => pg::sql(&mut client, &query),
+        TrafficCommand::Summary { by_domain } => {
+            let by = if by_domain {
+                traffic::By::Domain
+            } else {
+                traffic::By::Target
+            };
+            pg::summary(&mut client, filter, by)
+        }
+    };
+    match out {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {}", store.url, dispa::logging::postgres::describe(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn follow(path: &Path, filter: &traffic::Filter, lines: usize) -> ExitCode {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();

@@ -16,6 +16,7 @@ mod proxy {
     pub mod harness;
     pub mod limits;
     pub mod losses;
+    pub mod postgres;
     pub mod prometheus;
     pub mod recording;
     pub mod routing;

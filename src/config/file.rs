@@ -9,8 +9,8 @@ use toml::{Table, Value};
 
 use super::{
     Algorithm, Capture, Config, DatabaseSink, Domains, FieldError, FileSink, HealthCheck, IoDriver,
-    Limits, Logging, MAX_CAPTURE_BODY, MAX_SHARDS, Monitoring, Rotation, Server, Sinks, Target,
-    TargetTls, Targets, Timeouts, TlsListener, Upstream, UringFlags,
+    Limits, Logging, MAX_CAPTURE_BODY, MAX_SHARDS, Monitoring, Postgres, Rotation, Server, Sinks,
+    Target, TargetTls, Targets, Timeouts, TlsListener, Upstream, UringFlags,
 };
 
 /// Decode the whole file. Returns `None` only when a required section is missing entirely
@@ -85,9 +85,14 @@ fn logging(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Logging {
     let mut d = s
         .table("database", errors)
         .unwrap_or_else(|| Section::empty("logging.database"));
+    let mut postgres = None;
     let path = match d.get_alias("path", "url") {
         None => PathBuf::from("data/traffic.db"),
         Some((key, v)) => match v.as_str() {
+            Some(url) if is_postgres_url(url) => {
+                postgres = Some(postgres_store(&mut d, key, url, errors));
+                PathBuf::new()
+            }
             // The seed wrote `url = "sqlite:data/traffic.db"` (also `sqlite://...`).
             Some(p) => {
                 let p = p
@@ -98,7 +103,7 @@ fn logging(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Logging {
                     d.error(
                         errors,
                         key,
-                        "expected a file path or \"sqlite:PATH\" (only SQLite is supported)",
+                        "expected a file path, \"sqlite:PATH\" or \"postgres://USER@HOST:PORT/DB\"",
                     );
                 }
                 PathBuf::from(p)
@@ -109,9 +114,21 @@ fn logging(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Logging {
             }
         },
     };
+    if postgres.is_none() {
+        for key in ["password_file", "password_env", "instance", "required"] {
+            if d.get(key).is_some() {
+                d.error(
+                    errors,
+                    key,
+                    "only for a PostgreSQL store (url = \"postgres://...\")",
+                );
+            }
+        }
+    }
     let database = DatabaseSink {
         path,
         retention_days: d.uint("retention_days", 30, 0, 36500, errors) as u32,
+        postgres,
     };
     d.finish(errors);
     let batch_size = s.uint("batch_size", 1024, 1, 1_000_000, errors) as usize;
@@ -575,6 +592,114 @@ fn health_check(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> HealthC
         expected_status,
         healthy_threshold,
         unhealthy_threshold,
+    }
+}
+
+fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// `[logging.database]` with `url = "postgres://..."`: the URL kept without its password,
+/// the password from the URL, `password_file` or `password_env` (one of them).
+fn postgres_store(
+    d: &mut Section<'_>,
+    key: &str,
+    url: &str,
+    errors: &mut Vec<FieldError>,
+) -> Postgres {
+    let (redacted, in_url) = split_password(url);
+    if let Err(e) = redacted.parse::<postgres::Config>() {
+        d.error(errors, key, &format!("not a PostgreSQL URL: {e}"));
+    }
+    let file = d.string("password_file", errors);
+    let env = d.string("password_env", errors);
+    let given = [in_url.is_some(), file.is_some(), env.is_some()];
+    if given.iter().filter(|g| **g).count() > 1 {
+        d.error(
+            errors,
+            "password_file",
+            "give the password once: in the URL, password_file or password_env",
+        );
+    }
+    let password = if let Some(f) = file {
+        match std::fs::read_to_string(&f) {
+            Ok(p) => Some(p.trim_end_matches(['\n', '\r']).to_string()),
+            Err(e) => {
+                d.error(errors, "password_file", &format!("{f}: {e}"));
+                None
+            }
+        }
+    } else if let Some(var) = env {
+        match std::env::var(&var) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                d.error(
+                    errors,
+                    "password_env",
+                    &format!("environment variable {var} is not set"),
+                );
+                None
+            }
+        }
+    } else {
+        in_url
+    };
+    let instance = d.string("instance", errors).unwrap_or_else(host_name);
+    Postgres {
+        url: redacted,
+        password,
+        instance,
+        required: d.bool("required", false, errors),
+    }
+}
+
+/// The URL without the password of its user part, and that password (percent-decoded).
+pub fn split_password(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_string(), None);
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return (url.to_string(), None);
+    };
+    let user_info = &rest[..at];
+    let Some((user, password)) = user_info.split_once(':') else {
+        return (url.to_string(), None);
+    };
+    let redacted = format!("{scheme}://{user}@{}", &rest[at + 1..]);
+    (redacted, Some(percent_decode(password)))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// This machine's host name (the default `instance`).
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into a buffer we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    if rc == 0 && end > 0 {
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "dispa".to_string()
     }
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::balance::Algorithm;
-pub use file::parse_duration_text;
+pub use file::{parse_duration_text, split_password};
 
 /// The most logging shards: `dispa traffic` attaches every shard's SQLite file to one
 /// connection, and Dispa's SQLite is built to allow 125 (`.cargo/config.toml`).
@@ -112,12 +112,38 @@ pub enum Rotation {
     Never,
 }
 
-/// `[logging.database]`: SQLite (WAL, one transaction per batch).
+/// `[logging.database]`: SQLite (WAL, one transaction per batch), or PostgreSQL when
+/// `url` is a `postgres://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatabaseSink {
+    /// The SQLite file (unused when `postgres` is set).
     pub path: PathBuf,
     /// Delete rows older than this many days (0: keep).
     pub retention_days: u32,
+    pub postgres: Option<Postgres>,
+}
+
+/// A PostgreSQL store: where, as whom, and which Dispa writes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Postgres {
+    /// The URL without its password: what logs, errors and /health may show.
+    pub url: String,
+    /// From the URL, `password_file` or `password_env` (never printed).
+    pub password: Option<String>,
+    /// The `instance` column of this Dispa's rows (default: the host name).
+    pub instance: String,
+    /// Refuse to start when the database cannot be reached at start.
+    pub required: bool,
+}
+
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postgres")
+            .field("url", &self.url)
+            .field("instance", &self.instance)
+            .field("required", &self.required)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[monitoring]`: the status API and the Prometheus endpoint, served by the control thread.

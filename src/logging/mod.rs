@@ -5,7 +5,9 @@
 //! bounded rate, counted, and retried by itself; it never slows the proxy. When every
 //! worker has gone (their senders dropped), it writes what it holds and ends.
 
+pub mod database;
 pub mod file;
+pub mod postgres;
 pub mod record;
 pub mod rollup;
 pub mod sqlite;
@@ -24,6 +26,8 @@ use crate::sched::BatchClass;
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
 const RETENTION_AGAIN: Duration = Duration::from_secs(1);
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// A sink that keeps failing is tried again after 1, 2, 4, then every 8 s.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(8);
 /// How long the logging thread sleeps between looks at its queue.
 const POLL: Duration = Duration::from_millis(5);
 /// At most one error line per sink per this period (the rest are counted).
@@ -159,7 +163,8 @@ impl std::fmt::Display for SinkError {
 /// need is held once.
 struct Backlog {
     name: &'static str,
-    batches: std::collections::VecDeque<Arc<Vec<TrafficRecord>>>,
+    /// Each with its sequence number (a PostgreSQL batch's id).
+    batches: std::collections::VecDeque<(u64, Arc<Vec<TrafficRecord>>)>,
     records: usize,
     last_logged: Option<Instant>,
     suppressed: u64,
@@ -167,6 +172,8 @@ struct Backlog {
     retry_at: Option<Instant>,
     /// The last write failed.
     failing: bool,
+    /// Failures in a row (the back-off).
+    failures: u32,
 }
 
 impl Backlog {
@@ -179,12 +186,13 @@ impl Backlog {
             suppressed: 0,
             retry_at: None,
             failing: false,
+            failures: 0,
         }
     }
 
-    fn push(&mut self, batch: Arc<Vec<TrafficRecord>>) {
+    fn push(&mut self, seq: u64, batch: Arc<Vec<TrafficRecord>>) {
         self.records += batch.len();
-        self.batches.push_back(batch);
+        self.batches.push_back((seq, batch));
     }
 
     /// Write waiting batches oldest first with `write` (unless resting after a failure;
@@ -194,16 +202,17 @@ impl Backlog {
         c: &SinkCounters<'_>,
         max: usize,
         now: Option<Instant>,
-        mut write: impl FnMut(&[TrafficRecord]) -> Result<(), SinkError>,
+        mut write: impl FnMut(u64, &[TrafficRecord]) -> Result<(), SinkError>,
     ) {
         let resting = now.is_some_and(|now| self.retry_at.is_some_and(|t| now < t));
-        while !resting && let Some(batch) = self.batches.front() {
-            match write(batch) {
+        while !resting && let Some((seq, batch)) = self.batches.front() {
+            match write(*seq, batch) {
                 Ok(()) => {
                     c.written.add(batch.len() as u64);
                     self.records -= batch.len();
                     self.batches.pop_front();
                     self.retry_at = None;
+                    self.failures = 0;
                     if std::mem::take(&mut self.failing) {
                         tracing::info!(sink = self.name, "traffic record sink recovered");
                         c.set_failing(None);
@@ -217,7 +226,7 @@ impl Backlog {
             }
         }
         while self.records > max
-            && let Some(oldest) = self.batches.pop_front()
+            && let Some((_, oldest)) = self.batches.pop_front()
         {
             self.records -= oldest.len();
             c.lost.add(oldest.len() as u64);
@@ -233,9 +242,12 @@ impl Backlog {
         c.backlog.set(0);
     }
 
-    /// Rate-limited error line, the next try in [`RETRY_AFTER`], the error for /health.
+    /// Rate-limited error line, the next try in [`RETRY_AFTER`] (doubling up to
+    /// [`RETRY_AFTER_MAX`] while it keeps failing), the error for /health.
     fn note(&mut self, c: &SinkCounters<'_>, error: &SinkError, now: Instant) {
-        self.retry_at = Some(now + RETRY_AFTER);
+        let wait = RETRY_AFTER * 2u32.pow(self.failures.min(3));
+        self.failures += 1;
+        self.retry_at = Some(now + wait.min(RETRY_AFTER_MAX));
         self.failing = true;
         c.set_failing(Some(error.to_string()));
         if self
@@ -301,7 +313,9 @@ impl<'a> SinkCounters<'a> {
 struct Writer {
     settings: Logging,
     file: file::FileSink,
-    db: sqlite::SqliteSink,
+    db: database::Database,
+    /// The next batch's sequence number.
+    next_batch: u64,
     stats: Arc<LoggingStats>,
     file_backlog: Backlog,
     db_backlog: Backlog,
@@ -322,7 +336,8 @@ impl Writer {
         let settings = shard.settings(settings);
         Writer {
             file: file::FileSink::new(settings.file.clone(), shard.index, shard.count),
-            db: sqlite::SqliteSink::new(settings.database.clone()),
+            db: database::Database::new(settings.database.clone(), shard.index),
+            next_batch: 0,
             shard,
             batch: Vec::with_capacity(settings.batch_size),
             settings,
@@ -340,6 +355,13 @@ impl Writer {
     fn run(mut self, records_rx: Receiver<TrafficRecord>, control_rx: Receiver<LoggingMsg>) {
         let mut deadline = Instant::now() + self.settings.flush_interval;
         let mut next_retention = Instant::now();
+        if self.settings.enabled
+            && self.settings.sinks.database()
+            && let Err(e) = self.db.probe()
+        {
+            let c = SinkCounters::database(&self.stats);
+            self.db_backlog.note(&c, &e, Instant::now());
+        }
         loop {
             std::thread::sleep(POLL.min(self.settings.flush_interval));
             let mut finish = false;
@@ -419,7 +441,8 @@ impl Writer {
             SinkCounters::database(stats).set_failing(None);
         }
         self.file.reconfigure(settings.file.clone());
-        self.db.reconfigure(settings.database.clone());
+        self.db
+            .reconfigure(settings.database.clone(), self.shard.index);
         self.file_backlog.retry_at = None;
         self.db_backlog.retry_at = None;
         self.settings = settings;
@@ -440,11 +463,13 @@ impl Writer {
                 &mut self.batch,
                 Vec::with_capacity(capacity),
             ));
+            let seq = self.next_batch;
+            self.next_batch += 1;
             if sinks.file() {
-                self.file_backlog.push(batch.clone());
+                self.file_backlog.push(seq, batch.clone());
             }
             if sinks.database() {
-                self.db_backlog.push(batch);
+                self.db_backlog.push(seq, batch);
             }
             self.stats.batches.inc();
         }
@@ -452,13 +477,14 @@ impl Writer {
         let stats = &*self.stats;
         let file = &mut self.file;
         self.file_backlog
-            .write(&SinkCounters::file(stats), max, now, |records| {
+            .write(&SinkCounters::file(stats), max, now, |_, records| {
                 file.write(records, SystemTime::now())
             });
         let (db, yield_cpu) = (&mut self.db, self.yield_cpu);
         self.db_backlog
-            .write(&SinkCounters::database(stats), max, now, |records| {
-                db.write(records, yield_cpu).inspect_err(|_| db.reset())
+            .write(&SinkCounters::database(stats), max, now, |seq, records| {
+                db.write(seq, records, yield_cpu)
+                    .inspect_err(|_| db.reset())
             });
         if now.is_none() {
             self.file_backlog.give_up(&SinkCounters::file(stats));
@@ -527,7 +553,17 @@ pub fn check_writable(settings: &Logging) -> Vec<String> {
             problems.push(format!("logging.file.directory {}: {e}", dir.display()));
         }
     }
-    if settings.sinks.database() {
+    if settings.sinks.database()
+        && let Some(pg) = &settings.database.postgres
+    {
+        if let Err(e) = postgres::connect(pg) {
+            problems.push(format!(
+                "logging.database.url {}: {}",
+                pg.url,
+                postgres::describe(&e)
+            ));
+        }
+    } else if settings.sinks.database() {
         let path = &settings.database.path;
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
         let dir = dir.unwrap_or(std::path::Path::new("."));
@@ -691,6 +727,7 @@ mod speed {
         let mut db = sqlite::SqliteSink::new(DatabaseSink {
             path: path.to_path_buf(),
             retention_days: 0,
+            postgres: None,
         });
         let t = Clock::start();
         for _ in 0..rounds {
@@ -737,6 +774,38 @@ mod speed {
         }
         t.per("json only", n);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Not a test: `DISPA_PG_URL=postgres://… cargo test --release --lib pg_sink_speed --
+    /// --ignored --nocapture` (scripts/pg-speed.sh starts a server for it) sends batches of
+    /// 1,024 records to PostgreSQL from this one thread, as a logging thread does, and
+    /// prints records per second and this thread's CPU per record.
+    #[test]
+    #[ignore]
+    fn pg_sink_speed() {
+        let url = std::env::var("DISPA_PG_URL").expect("DISPA_PG_URL");
+        let (redacted, password) = crate::config::split_password(&url);
+        let settings = crate::config::Postgres {
+            url: redacted,
+            password,
+            instance: "speed".into(),
+            required: false,
+        };
+        let mut records: Vec<TrafficRecord> = (0..1024).map(record).collect();
+        let mut sink = postgres::PgSink::new(settings, 0, 0);
+        sink.write(0, &records).unwrap(); // connect, schema, partitions
+        let rounds = 500u32;
+        let (wall, t) = (Instant::now(), Clock::start());
+        for seq in 1..=u64::from(rounds) {
+            advance(&mut records);
+            sink.write(seq, &records).unwrap();
+        }
+        let n = rounds * records.len() as u32;
+        println!(
+            "postgres sink: {:.0} records/s from one thread",
+            f64::from(n) / wall.elapsed().as_secs_f64()
+        );
+        t.per("postgres sink (this thread)", n);
     }
 
     /// Not a test: `cargo test --release --lib pipeline -- --ignored --nocapture` drives

@@ -659,6 +659,7 @@ pub fn generate(path: &Path, n: u64, span: Duration) -> Result<(), SinkError> {
     let mut sink = SqliteSink::new(Settings {
         path: path.to_path_buf(),
         retention_days: 0,
+        postgres: None,
     });
     let end = crate::clock::unix_ms();
     let start = end.saturating_sub(span.as_millis() as u64);

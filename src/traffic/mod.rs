@@ -1,10 +1,12 @@
-//! `dispa traffic`: read the SQLite traffic store — the latest requests with filters, and
+//! `dispa traffic`: read the traffic store (SQLite here, PostgreSQL in `postgres`) — the latest requests with filters, and
 //! a summary per target or domain (requests, error rate, p50/p99 latency).
 
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::path::Path;
 use std::time::Duration;
+
+pub mod postgres;
 
 use rusqlite::{Connection, OpenFlags, params_from_iter, types::Value};
 

@@ -1,0 +1,205 @@
+//! `dispa traffic` against a PostgreSQL store (`--db postgres://…`, or the config's
+//! `[logging.database] url`): the same lines and tables as from SQLite, computed from
+//! the rows (PostgreSQL has no per-minute rollups; its time index and partitions keep a
+//! `--since` query to the days it names).
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use postgres::types::ToSql;
+use postgres::{Client, Row};
+
+use super::{By, Filter, summary_header, summary_line};
+use crate::clock::rfc3339_ms;
+use crate::config::Postgres;
+
+/// Connect for reading; the schema is brought up to date as Dispa would.
+pub fn open(store: &Postgres) -> Result<Client, String> {
+    crate::logging::postgres::connect(store)
+        .map_err(|e| format!("{}: {}", store.url, crate::logging::postgres::describe(&e)))
+}
+
+/// A store given as a URL on the command line: its password from the URL or `PGPASSWORD`.
+pub fn from_url(url: &str) -> Postgres {
+    let (redacted, password) = crate::config::split_password(url);
+    Postgres {
+        url: redacted,
+        password: password.or_else(|| std::env::var("PGPASSWORD").ok()),
+        instance: String::new(),
+        required: false,
+    }
+}
+
+type Args = Vec<Box<dyn ToSql + Sync>>;
+
+impl Filter {
+    fn pg_clause(&self) -> (String, Args) {
+        let mut sql = String::from(" WHERE true");
+        let mut args: Args = Vec::new();
+        let mut arg = |sql: &mut String, column: &str, v: Box<dyn ToSql + Sync>| {
+            args.push(v);
+            let _ = write!(sql, " AND {column} ${}", args.len());
+        };
+        if let Some(h) = &self.host {
+            arg(&mut sql, "host =", Box::new(h.to_ascii_lowercase()));
+        }
+        if let Some(s) = self.status {
+            arg(&mut sql, "status =", Box::new(i32::from(s)));
+        }
+        if let Some(t) = &self.target {
+            arg(&mut sql, "target =", Box::new(t.clone()));
+        }
+        if let Some(since) = self.since {
+            let now = Duration::from_millis(crate::clock::unix_ms());
+            let from_ms = now.saturating_sub(since).as_millis() as i64;
+            arg(&mut sql, "ts_ms >=", Box::new(from_ms));
+        }
+        (sql, args)
+    }
+}
+
+fn refs(args: &Args) -> Vec<&(dyn ToSql + Sync)> {
+    args.iter().map(|a| a.as_ref()).collect()
+}
+
+const LINE_COLUMNS: &str =
+    "ts_ms, status, method, host, path, query, target, duration_us, id, error";
+
+/// A row of [`LINE_COLUMNS`] as `dispa traffic tail` prints it (as from SQLite).
+fn line(r: &Row) -> String {
+    let (path, query): (String, String) = (r.get(4), r.get(5));
+    let target: String = r.get(6);
+    let mut line = format!(
+        "{} {} {} {}{path}{}{query} -> {} {:.3}ms id={}",
+        rfc3339_ms(r.get::<_, i64>(0) as u64),
+        r.get::<_, i32>(1),
+        r.get::<_, String>(2),
+        r.get::<_, String>(3),
+        if query.is_empty() { "" } else { "?" },
+        if target.is_empty() { "-" } else { &target },
+        r.get::<_, i64>(7) as f64 / 1000.0,
+        r.get::<_, String>(8),
+    );
+    if let Some(e) = r.get::<_, Option<String>>(9) {
+        let _ = write!(line, " error={e}");
+    }
+    line
+}
+
+/// The latest `limit` requests matching `filter`, oldest first, one line each.
+pub fn tail(client: &mut Client, filter: &Filter, limit: usize) -> Result<String, postgres::Error> {
+    let (clause, mut args) = filter.pg_clause();
+    args.push(Box::new(limit as i64));
+    let sql = format!(
+        "SELECT {LINE_COLUMNS} FROM requests{clause} ORDER BY ts_ms DESC LIMIT ${}",
+        args.len()
+    );
+    let rows = client.query(&sql, &refs(&args))?;
+    let mut lines: Vec<String> = rows.iter().map(line).collect();
+    lines.reverse();
+    Ok(lines.join("\n"))
+}
+
+/// `tail -f`: the latest `limit`, then every matching request as it arrives (polled every
+/// 250 ms by time: a batch may hold requests older than one already shown, so the last
+/// second is read again and what was shown is skipped), while `emit` returns true.
+pub fn follow(
+    client: &mut Client,
+    filter: &Filter,
+    limit: usize,
+    mut emit: impl FnMut(&str) -> bool,
+) -> Result<(), postgres::Error> {
+    for l in tail(client, filter, limit)?.lines() {
+        if !emit(l) {
+            return Ok(());
+        }
+    }
+    let filter = Filter {
+        since: None,
+        ..filter.clone()
+    };
+    let (clause, args) = filter.pg_clause();
+    let sql = format!(
+        "SELECT {LINE_COLUMNS}, instance FROM requests{clause} AND ts_ms >= ${} ORDER BY ts_ms",
+        args.len() + 1
+    );
+    let mut from: i64 = crate::clock::unix_ms() as i64;
+    let mut shown: std::collections::HashSet<(i64, String, String)> = Default::default();
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let mut a = refs(&args);
+        let since = from - 1000;
+        a.push(&since);
+        for r in client.query(&sql, &a)? {
+            let key = (
+                r.get::<_, i64>(0),
+                r.get::<_, String>(8),
+                r.get::<_, String>(10),
+            );
+            if shown.insert(key) {
+                from = from.max(r.get::<_, i64>(0));
+                if !emit(&line(&r)) {
+                    return Ok(());
+                }
+            }
+        }
+        shown.retain(|(ts, _, _)| *ts >= from - 1000);
+    }
+}
+
+/// Requests, 5xx rate and p50/p99 per target or domain, from the rows.
+pub fn summary(client: &mut Client, filter: &Filter, by: By) -> Result<String, postgres::Error> {
+    let column = match by {
+        By::Target => "target",
+        By::Domain => "host",
+    };
+    let (clause, args) = filter.pg_clause();
+    let sql = format!(
+        "SELECT {column}, count(*), count(*) FILTER (WHERE status >= 500 OR status = 0), \
+         percentile_disc(0.5) WITHIN GROUP (ORDER BY duration_us), \
+         percentile_disc(0.99) WITHIN GROUP (ORDER BY duration_us) \
+         FROM requests{clause} GROUP BY {column} ORDER BY {column}"
+    );
+    let mut out = summary_header(by);
+    for r in client.query(&sql, &refs(&args))? {
+        let (p50, p99): (i64, i64) = (r.get(3), r.get(4));
+        summary_line(
+            &mut out,
+            &r.get::<_, String>(0),
+            r.get::<_, i64>(1) as u64,
+            r.get::<_, i64>(2) as u64,
+            p50 as f64 / 1000.0,
+            p99 as f64 / 1000.0,
+        );
+    }
+    Ok(out)
+}
+
+/// Run `query` (one or more statements) and print every row tab-separated with a header
+/// line per statement, as `dispa traffic sql` does on SQLite.
+pub fn sql(client: &mut Client, query: &str) -> Result<String, postgres::Error> {
+    use postgres::SimpleQueryMessage;
+    let mut out = String::new();
+    let mut header_done = false;
+    for m in client.simple_query(query)? {
+        match m {
+            SimpleQueryMessage::RowDescription(columns) => {
+                let names: Vec<&str> = columns.iter().map(|c| c.name()).collect();
+                let _ = writeln!(out, "{}", names.join("\t"));
+                header_done = true;
+            }
+            SimpleQueryMessage::Row(row) => {
+                if !header_done {
+                    let names: Vec<&str> = row.columns().iter().map(|c| c.name()).collect();
+                    let _ = writeln!(out, "{}", names.join("\t"));
+                    header_done = true;
+                }
+                let cells: Vec<&str> = (0..row.len()).map(|i| row.get(i).unwrap_or("")).collect();
+                let _ = writeln!(out, "{}", cells.join("\t"));
+            }
+            SimpleQueryMessage::CommandComplete(_) => header_done = false,
+            _ => {}
+        }
+    }
+    Ok(out)
+}
