@@ -21,6 +21,9 @@ taskset -c 1 setpriv --reuid=postgres --regid=postgres --init-groups "$PG_BIN/po
   -D "$WORK/pg/data" -p "$PORT" -k "$WORK/pg" -c listen_addresses=127.0.0.1 "${extra[@]}" \
   >"$WORK/pg/log" 2>&1 & PIDS+=($!)
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break; sleep 0.1; done
-DISPA_PG_URL="postgres://dispa:speed@127.0.0.1:$PORT/postgres" \
-  taskset -c 0 cargo test --release -q --lib pg_sink_speed -- --ignored --nocapture 2>&1 |
-  grep -E "postgres sink"
+# ROUNDS runs of 512,000 records each, into one table that grows.
+for round in $(seq "${ROUNDS:-3}"); do
+  DISPA_PG_URL="postgres://dispa:speed@127.0.0.1:$PORT/postgres" \
+    taskset -c 0 cargo test --release -q --lib pg_sink_speed -- --ignored --nocapture 2>&1 |
+    grep -E "postgres sink"
+done

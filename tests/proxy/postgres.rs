@@ -452,3 +452,40 @@ fn pg_every_database_md_query_runs_on_a_real_server() {
     assert!(out.contains("nope.org|4xx|1"), "{out}");
     assert!(out.contains("edge-1|4"), "{out}");
 }
+
+#[test]
+fn pg_keeps_captured_headers_and_bodies_byte_for_byte() {
+    let pg = PgServer::start();
+    let b = Backend::named("b");
+    let capture = "[logging.capture]\ndomains = [\"example.com\"]\nrequest_headers = [\"x-a\"]\nresponse_headers = [\"x-backend\"]\nmax_body_bytes = 8\n";
+    let toml = format!(
+        "{}{capture}",
+        pg_config(b.addr, &pg.url(PASSWORD), "edge-1", "")
+    );
+    let (child, proxy, _, _) = spawn_binary(&toml);
+    let body = b"ab\0\xffcd\tefgh";
+    let mut c = Client::connect(proxy);
+    c.send(
+        &[
+            format!(
+                "POST /up?q=1 HTTP/1.1\r\nHost: example.com\r\nX-A: one\\two\r\nUser-Agent: t\tab\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+            body,
+        ]
+        .concat(),
+    );
+    assert_eq!(c.read_response(false).status, 200);
+    stop(child);
+    let row = pg.psql(
+        "SELECT method, path, query, user_agent, request_bytes, request_headers, \
+         response_headers, encode(request_body, 'hex'), scheme, tls_version IS NULL, \
+         upstream_reused, error IS NULL FROM requests",
+    );
+    assert_eq!(
+        row,
+        "POST|/up|q=1|t\tab|11|[[\"X-A\",\"one\\\\two\"]]|[[\"X-Backend\",\"b\"]]|6162\
+         00ff63640965|http|t|0|t"
+    );
+}
