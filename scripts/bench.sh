@@ -31,7 +31,7 @@
 # tls-new (full TLS 1.3 handshakes, no request: openssl s_time -new; CPU per handshake).
 #   TLS_KEY=ecdsa WORKLOADS="tls-small tls-1m tls-resume tls-new" SCENARIOS="dispa nginx haproxy" LOG=on scripts/bench.sh
 # Dispa records every request (gzip files + SQLite) except in dispa-norec; dispa-pg records
-# to gzip files + PostgreSQL (a server of its own on $LOAD_CPU, its CPU reported apart:
+# to gzip files + PostgreSQL (a server of its own on $PG_CPU, its CPU reported apart:
 # needs the postgresql package); dispa-spare is
 # dispa allowed both CPUs: its one worker still pins itself to $PROXY_CPU (the first CPU it
 # may use) and the logging and control threads may run on $LOAD_CPU's idle time, the layout
@@ -52,6 +52,7 @@ SCENARIOS=${SCENARIOS:-"direct floor dispa nginx haproxy"}
 RATE=${RATE:-auto}
 BASE_BIN=${BASE_BIN:-target/release/dispa}
 UPSTREAM_CONNS=${UPSTREAM_CONNS:-1024}
+PG_CPU=${PG_CPU:-$PROXY_CPU}
 BACKEND_PORT=18091 NGINX_PORT=18093 HAPROXY_PORT=18094 DISPA_PORT=18100
 NGINX_TLS_PORT=18095 HAPROXY_TLS_PORT=18096 FLOOR_PORT=18097 PG_PORT=18098 TLS_KEY=${TLS_KEY:-ecdsa}
 
@@ -119,8 +120,10 @@ dispa_upstream() {
     *) printf '[upstream]\nmax_connections_per_target = %s\n' "$UPSTREAM_CONNS";;
   esac
 }
-# --- PostgreSQL for dispa-pg: its own server in $WORK (as the postgres user), on the load
-# CPU; its CPU per request is reported apart from Dispa's.
+# --- PostgreSQL for dispa-pg: its own server in $WORK (as the postgres user), on $PG_CPU
+# (default: the proxy's CPU, where the logging thread waits for it; on the load CPU, busy
+# with wrk and the backend, it fell behind and records were dropped); its CPU per
+# request is reported apart from Dispa's.
 PG_PID=""
 if [[ " $SCENARIOS " == *" dispa-pg "* ]]; then
   PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | tail -n 1)
@@ -128,7 +131,7 @@ if [[ " $SCENARIOS " == *" dispa-pg "* ]]; then
   as_pg() { setpriv --reuid=postgres --regid=postgres --init-groups "$@"; }
   as_pg "$PG_BIN/initdb" -D "$WORK/pg/data" -U dispa --auth-host=scram-sha-256 \
     --pwfile="$WORK/pg/pw" >/dev/null
-  taskset -c "$LOAD_CPU" setpriv --reuid=postgres --regid=postgres --init-groups \
+  taskset -c "$PG_CPU" setpriv --reuid=postgres --regid=postgres --init-groups \
     "$PG_BIN/postgres" -D "$WORK/pg/data" -p "$PG_PORT" -k "$WORK/pg" \
     -c listen_addresses=127.0.0.1 >"$WORK/pg/log" 2>&1 & PIDS+=($!)
   PG_PID=$!
