@@ -350,6 +350,20 @@ fn pg_wrong_password_degrades_recording_without_printing_it_and_required_refuses
     assert!(err.contains("password authentication failed"), "{err}");
     assert!(err.contains(&format!("127.0.0.1:{}", pg.port)), "{err}");
     assert!(!err.contains(wrong), "{err}");
+    // `dispa check` tries the connection too.
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(dir.join("d.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("logging.database.url postgres://dispa@127.0.0.1:"),
+        "{err}"
+    );
+    assert!(err.contains("password authentication failed"), "{err}");
+    assert!(!err.contains(wrong), "{err}");
 }
 
 #[test]
