@@ -80,3 +80,28 @@ fn least_connections_avoids_the_busy_target() {
     release.store(true, Ordering::SeqCst);
     assert_eq!(held.join().unwrap().text(), "slow");
 }
+
+/// The seed README's production example (weights 3 and 2, no balancer type): the default
+/// balancer honours the weights, 60/40 over 100 requests, spread out.
+#[test]
+fn the_seeds_production_example_splits_60_40_without_a_type() {
+    let (a, b) = (Backend::named("a"), Backend::named("b"));
+    let toml = format!(
+        "[server]\nbind = \"127.0.0.1:0\"\n[domains]\nintercept_domains = [\"api.myapp.com\"]\n\
+         [[targets.targets]]\nname = \"prod-server-1\"\nurl = \"http://{}\"\nweight = 3\n\n\
+         [[targets.targets]]\nname = \"prod-server-2\"\nurl = \"http://{}\"\nweight = 2\n\n\
+         [targets.health_check]\nenabled = true\ninterval = 10\n[logging]\nenabled = false\n",
+        a.addr, b.addr
+    );
+    let p = proxy(&toml);
+    let mut c = Client::connect(p.local_addr());
+    let picks: Vec<String> = (0..100)
+        .map(|_| backend_of(&c.get("api.myapp.com", "/")))
+        .collect();
+    assert_eq!(picks.iter().filter(|n| *n == "a").count(), 60);
+    assert_eq!(picks.iter().filter(|n| *n == "b").count(), 40);
+    assert!(
+        !picks.windows(3).any(|w| w.iter().all(|n| n == "a")),
+        "{picks:?}"
+    );
+}
