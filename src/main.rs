@@ -343,7 +343,10 @@ fn run_traffic(
     what: TrafficCommand,
 ) -> ExitCode {
     let (path, postgres) = match db {
-        Some(p) => match p.to_str().filter(|s| s.starts_with("postgres")) {
+        Some(p) => match p
+            .to_str()
+            .filter(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"))
+        {
             Some(url) => (p.clone(), Some(traffic::postgres::from_url(url))),
             None => (p, None),
         },

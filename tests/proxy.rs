@@ -7,6 +7,7 @@ mod proxy {
     pub mod balancing;
     pub mod bodies;
     pub mod cli;
+    pub mod compat;
     pub mod connections;
     pub mod control;
     pub mod docs;

@@ -17,11 +17,11 @@ use super::{
 /// (the error is recorded); otherwise a config built from values and defaults.
 pub(super) fn decode(root: &Table, errors: &mut Vec<FieldError>) -> Option<Config> {
     let mut top = Section::new("", root);
-    let server = server(top.table("server", errors), errors);
+    let (server, seed_timeouts) = server(top.table("server", errors), errors);
     let domains = domains(top.table("domains", errors), errors);
     let targets = targets(top.table("targets", errors), errors);
     let upstream = upstream(top.table("upstream", errors), errors);
-    let timeouts = timeouts(top.table("timeouts", errors), errors);
+    let timeouts = timeouts(top.table("timeouts", errors), seed_timeouts, errors);
     let limits = limits(top.table("limits", errors), errors);
     let monitoring = monitoring(top.table("monitoring", errors), errors);
     let logging = logging(top.table("logging", errors), errors);
@@ -42,35 +42,38 @@ pub(super) fn decode(root: &Table, errors: &mut Vec<FieldError>) -> Option<Confi
 fn logging(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Logging {
     let mut s = s.unwrap_or_else(|| Section::empty("logging"));
     let enabled = s.bool("enabled", true, errors);
-    let sinks = match s.string("type", errors).as_deref() {
-        None | Some("both") => Sinks::Both,
-        Some("file") => Sinks::File,
-        Some("database") => Sinks::Database,
-        Some(_) => {
-            s.error(
-                errors,
-                "type",
-                "expected \"file\", \"database\" or \"both\"",
-            );
-            Sinks::Both
-        }
-    };
+    let choices: [(&[&str], Sinks); 3] = [
+        (&["both"], Sinks::Both),
+        (&["file"], Sinks::File),
+        (&["database"], Sinks::Database),
+    ];
+    let sinks = s.choice("type", &choices, Sinks::Both, errors);
+    // The original dispa's `[logging] retention_days` (both stores) and `rotation = true`.
+    let retention = s.uint("retention_days", 0, 0, 36500, errors) as u32;
+    let retention_given = s.has("retention_days");
+    let rotate = s.bool("rotation", true, errors);
     let mut f = s
         .table("file", errors)
         .unwrap_or_else(|| Section::empty("logging.file"));
-    let rotation = match f.string("rotation", errors).as_deref() {
-        None | Some("hourly") => Rotation::Hourly,
-        Some("daily") => Rotation::Daily,
-        Some("never") | Some("size") => Rotation::Never,
-        Some(_) => {
-            f.error(
-                errors,
-                "rotation",
-                "expected \"hourly\", \"daily\" or \"never\"",
-            );
-            Rotation::Hourly
+    let rotation_default = if rotate {
+        Rotation::Hourly
+    } else {
+        Rotation::Never
+    };
+    let rotation = match f.get("rotation") {
+        Some(Value::Boolean(true)) => Rotation::Hourly,
+        Some(Value::Boolean(false)) => Rotation::Never,
+        _ => {
+            let choices: [(&[&str], Rotation); 3] = [
+                (&["hourly"], Rotation::Hourly),
+                (&["daily"], Rotation::Daily),
+                (&["never", "size"], Rotation::Never),
+            ];
+            f.choice("rotation", &choices, rotation_default, errors)
         }
     };
+    let file_retention = if retention_given { retention } else { 7 };
+    let db_retention = if retention_given { retention } else { 30 };
     let file = FileSink {
         directory: f
             .string("directory", errors)
@@ -78,7 +81,7 @@ fn logging(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Logging {
             .into(),
         max_file_size: f.uint("max_file_size", 100 << 20, 4096, u64::MAX >> 1, errors),
         rotation,
-        retention_days: f.uint("retention_days", 7, 0, 36500, errors) as u32,
+        retention_days: f.uint("retention_days", file_retention.into(), 0, 36500, errors) as u32,
         max_total_size: f.uint("max_total_size", 0, 0, u64::MAX >> 1, errors),
     };
     f.finish(errors);
@@ -127,7 +130,7 @@ fn logging(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Logging {
     }
     let database = DatabaseSink {
         path,
-        retention_days: d.uint("retention_days", 30, 0, 36500, errors) as u32,
+        retention_days: d.uint("retention_days", db_retention.into(), 0, 36500, errors) as u32,
         postgres,
     };
     d.finish(errors);
@@ -226,7 +229,16 @@ fn monitoring(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Monitorin
     }
 }
 
-fn server(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Server {
+/// The original dispa's timeouts in `[server]`: `keep_alive_timeout` (Dispa's
+/// `timeouts.keepalive`) and `request_timeout` (`timeouts.upstream_response`); the
+/// `[timeouts]` keys win when both are given.
+#[derive(Default)]
+struct SeedTimeouts {
+    keep_alive: Option<Duration>,
+    request: Option<Duration>,
+}
+
+fn server(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> (Server, SeedTimeouts) {
     let mut s = s.unwrap_or_else(|| Section::empty("server"));
     let bind = match s.get_alias("bind", "bind_address") {
         Some((key, v)) => match v.as_str().map(str::parse::<SocketAddr>) {
@@ -286,8 +298,12 @@ fn server(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Server {
     let shutdown_timeout = s.duration("shutdown_timeout", Duration::from_secs(30), errors);
     let scheduler_hints = s.bool("scheduler_hints", true, errors);
     let tls = s.table("tls", errors).map(|t| tls_listener(t, errors));
+    let seed = SeedTimeouts {
+        keep_alive: s.duration_opt("keep_alive_timeout", errors),
+        request: s.duration_opt("request_timeout", errors),
+    };
     s.finish(errors);
-    Server {
+    let server = Server {
         tls,
         shutdown_timeout,
         scheduler_hints,
@@ -297,7 +313,8 @@ fn server(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Server {
         uring,
         uring_entries,
         backlog,
-    }
+    };
+    (server, seed)
 }
 
 /// `[server.tls]`: a TLS listener beside the plain one. Certificates are read later
@@ -367,6 +384,15 @@ fn domains(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Option<Domai
         }
     };
     let exclude = s.strings("exclude_domains", errors).unwrap_or_default();
+    // The original dispa's switch: wildcards are always on in Dispa.
+    if !s.bool("wildcard_support", true, errors) {
+        s.error(
+            errors,
+            "wildcard_support",
+            "wildcards cannot be turned off in Dispa: remove the key and list only exact \
+             names in intercept_domains",
+        );
+    }
     let mut check = |key: &str, list: Vec<String>| -> Vec<String> {
         list.into_iter()
             .enumerate()
@@ -431,20 +457,29 @@ fn targets(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Option<Targe
     }
     let algorithm = match s.table("load_balancing", errors) {
         Some(mut lb) => {
-            let a = match lb.string("type", errors).as_deref() {
-                None | Some("round_robin") => Algorithm::RoundRobin,
-                Some("weighted") | Some("weighted_round_robin") => Algorithm::Weighted,
-                Some("random") => Algorithm::Random,
-                Some("least_connections") | Some("least_conn") => Algorithm::LeastConnections,
-                Some(_) => {
-                    lb.error(
-                        errors,
-                        "type",
-                        "expected \"round_robin\", \"weighted\", \"random\" or \"least_connections\"",
-                    );
-                    Algorithm::RoundRobin
-                }
-            };
+            // The original dispa's spellings (`roundrobin`, `leastconnections`, ...) too.
+            let choices: [(&[&str], Algorithm); 4] = [
+                (&["round_robin", "roundrobin"], Algorithm::RoundRobin),
+                (
+                    &["weighted", "weighted_round_robin", "weightedroundrobin"],
+                    Algorithm::Weighted,
+                ),
+                (&["random"], Algorithm::Random),
+                (
+                    &["least_connections", "least_conn", "leastconnections"],
+                    Algorithm::LeastConnections,
+                ),
+            ];
+            let a = lb.choice("type", &choices, Algorithm::RoundRobin, errors);
+            // The original dispa's switch; consistent hashing is not built yet.
+            if lb.bool("sticky_sessions", false, errors) {
+                lb.error(
+                    errors,
+                    "sticky_sessions",
+                    "sticky sessions are not available in Dispa yet: remove the key (or set it \
+                     to false); requests are balanced by `type`",
+                );
+            }
             lb.finish(errors);
             a
         }
@@ -611,6 +646,14 @@ fn postgres_store(
     if let Err(e) = redacted.parse::<postgres::Config>() {
         d.error(errors, key, &format!("not a PostgreSQL URL: {e}"));
     }
+    if redacted.contains("password=") {
+        d.error(
+            errors,
+            key,
+            "the password goes before the host (postgres://USER:PASSWORD@HOST/DB), in \
+             password_file or in password_env, not in the query (it would be shown)",
+        );
+    }
     let file = d.string("password_file", errors);
     let env = d.string("password_env", errors);
     let given = [in_url.is_some(), file.is_some(), env.is_some()];
@@ -658,8 +701,9 @@ pub fn split_password(url: &str) -> (String, Option<String>) {
     let Some((scheme, rest)) = url.split_once("://") else {
         return (url.to_string(), None);
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
+    // The user part ends at the last '@' before the query (a password may hold '/').
+    let query = rest.find('?').unwrap_or(rest.len());
+    let Some(at) = rest[..query].rfind('@') else {
         return (url.to_string(), None);
     };
     let user_info = &rest[..at];
@@ -730,18 +774,22 @@ fn upstream(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Upstream {
     u
 }
 
-fn timeouts(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Timeouts {
+fn timeouts(s: Option<Section<'_>>, seed: SeedTimeouts, errors: &mut Vec<FieldError>) -> Timeouts {
     let mut s = s.unwrap_or_else(|| Section::empty("timeouts"));
     let secs = Duration::from_secs;
     let connect = s.duration("connect", secs(5), errors);
     let t = Timeouts {
         connect,
         queue: s.duration("queue", connect, errors),
-        upstream_response: s.duration("upstream_response", secs(60), errors),
+        upstream_response: s.duration(
+            "upstream_response",
+            seed.request.unwrap_or(secs(60)),
+            errors,
+        ),
         upstream_idle: s.duration("upstream_idle", secs(30), errors),
         client_head: s.duration("client_head", secs(30), errors),
         client_body: s.duration("client_body", secs(60), errors),
-        keepalive: s.duration("keepalive", secs(75), errors),
+        keepalive: s.duration("keepalive", seed.keep_alive.unwrap_or(secs(75)), errors),
         send: s.duration("send", secs(60), errors),
         expect_continue: s.duration("expect_continue", secs(1), errors),
         tunnel_idle: s.duration("tunnel_idle", secs(300), errors),
@@ -928,10 +976,93 @@ impl<'a> Section<'a> {
         let Some(table) = self.table else { return };
         for key in table.keys() {
             if !self.known.contains(&key.as_str()) {
-                self.error(errors, key, "unknown key");
+                let reason = match did_you_mean(key, &self.known) {
+                    Some(k) => format!("unknown key (did you mean `{k}`?)"),
+                    None => "unknown key".to_string(),
+                };
+                self.error(errors, key, &reason);
             }
         }
     }
+
+    /// A string key naming one of `choices` (each with the spellings it accepts, the first
+    /// being Dispa's own); anything else is an error that lists them and suggests the
+    /// closest.
+    fn choice<T: Copy>(
+        &mut self,
+        key: &'a str,
+        choices: &[(&[&str], T)],
+        default: T,
+        errors: &mut Vec<FieldError>,
+    ) -> T {
+        let Some(given) = self.string(key, errors) else {
+            return default;
+        };
+        if let Some((_, v)) = choices
+            .iter()
+            .find(|(names, _)| names.contains(&given.as_str()))
+        {
+            return *v;
+        }
+        let names: Vec<&str> = choices.iter().map(|(n, _)| n[0]).collect();
+        let all: Vec<&str> = choices
+            .iter()
+            .flat_map(|(n, _)| n.iter().copied())
+            .collect();
+        let list = names
+            .iter()
+            .map(|n| format!("{n:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let hint = did_you_mean(&given, &all)
+            .map(|k| {
+                let own = choices
+                    .iter()
+                    .find(|(n, _)| n.contains(&k))
+                    .map_or(k, |(n, _)| n[0]);
+                format!(" (did you mean {own:?}?)")
+            })
+            .unwrap_or_default();
+        self.error(
+            errors,
+            key,
+            &format!("{given:?} is not one of {list}{hint}"),
+        );
+        default
+    }
+}
+
+/// The known name closest to `given` (at most 2 edits, ignoring case, `_` and `-`), if any.
+fn did_you_mean<'k>(given: &str, known: &[&'k str]) -> Option<&'k str> {
+    let norm = |s: &str| -> Vec<char> {
+        s.chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let g = norm(given);
+    known
+        .iter()
+        .map(|k| (edit_distance(&g, &norm(k)), *k))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &[char], b: &[char]) -> usize {
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1)
+                .min(row[j] + 1)
+                .min(prev + usize::from(ca != cb));
+            prev = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 /// Seconds as an integer or float, or a string in [`parse_duration_text`]'s syntax.
@@ -967,6 +1098,28 @@ pub fn parse_duration_text(text: &str) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_postgres_password_is_taken_out_of_the_url() {
+        let split = |u: &str| super::split_password(u);
+        assert_eq!(
+            split("postgres://u:p%40ss@h:5432/db"),
+            ("postgres://u@h:5432/db".into(), Some("p@ss".into()))
+        );
+        // A '/' or '@' in the password: the user part ends at the last '@'.
+        assert_eq!(
+            split("postgres://u:p/ss@w@h/db?sslmode=disable"),
+            (
+                "postgres://u@h/db?sslmode=disable".into(),
+                Some("p/ss@w".into())
+            )
+        );
+        assert_eq!(
+            split("postgres://u@h/db"),
+            ("postgres://u@h/db".into(), None)
+        );
+        assert_eq!(split("postgres://h/db"), ("postgres://h/db".into(), None));
+    }
+
     use super::*;
 
     #[test]

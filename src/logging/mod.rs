@@ -556,7 +556,7 @@ pub fn check_writable(settings: &Logging) -> Vec<String> {
     if settings.sinks.database()
         && let Some(pg) = &settings.database.postgres
     {
-        if let Err(e) = postgres::connect(pg) {
+        if let Err(e) = postgres::open(pg) {
             problems.push(format!(
                 "logging.database.url {}: {}",
                 pg.url,

@@ -31,7 +31,7 @@ const COLUMNS: &str = "id, ts_ms, client, worker, method, scheme, host, path, qu
      request_body, response_body, sni, tls_version, instance";
 
 /// Schema versions, in order; version N is `MIGRATIONS[N - 1]` applied.
-pub const MIGRATIONS: [&str; 2] = [
+pub const MIGRATIONS: [&str; 3] = [
     // 1: the rows (the columns of SQLite's `requests` view), partitioned by day on ts_ms,
     // and the batch ids that keep a batch from being written twice.
     "CREATE TABLE requests (
@@ -76,6 +76,8 @@ pub const MIGRATIONS: [&str; 2] = [
     // 2: which Dispa wrote each row (for a fleet writing one database).
     "ALTER TABLE requests ADD COLUMN instance text NOT NULL DEFAULT '';
      CREATE INDEX requests_instance_ts ON requests (instance, ts_ms);",
+    // 3: retention deletes old batch ids by time.
+    "CREATE INDEX dispa_batches_ts ON dispa_batches (ts_ms);",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -90,8 +92,8 @@ pub struct PgSink {
     settings: Postgres,
     retention_days: u32,
     client: Option<Client>,
-    /// The process's start (Unix ms) and the logging shard: with the sequence number, a
-    /// batch's id in `dispa_batches`.
+    /// The process (its start and pid) and the logging shard: with the sequence number,
+    /// a batch's id in `dispa_batches`.
     boot: i64,
     shard: i32,
     /// The day partitions known to exist (Unix days, inclusive; empty when from > until).
@@ -244,10 +246,24 @@ impl PgSink {
                 continue;
             };
             if (day + 1) * DAY_MS <= cutoff_ms {
-                client
-                    .batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
-                    .map_err(fail)?;
-                tracing::info!(partition = %name, "traffic partition dropped (retention)");
+                // DROP locks `requests` itself: behind a long read it would hold every
+                // COPY (of every Dispa) queued after it. Give up after 2 s; next minute
+                // tries again.
+                let dropped = client.transaction().and_then(|mut tx| {
+                    tx.batch_execute(&format!(
+                        "SET LOCAL lock_timeout = '2s'; DROP TABLE IF EXISTS {name}"
+                    ))?;
+                    tx.commit()
+                });
+                match dropped {
+                    Ok(()) => {
+                        tracing::info!(partition = %name, "traffic partition dropped (retention)")
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = %name, "retention: not dropped yet: {}", describe(&e));
+                        return Ok(false);
+                    }
+                }
             }
         }
         client
@@ -297,23 +313,39 @@ fn copy_batch(
 /// Connect (within 5 s, TCP keep-alive on so a dead server is noticed) and bring the
 /// schema up to date.
 pub fn connect(settings: &Postgres) -> Result<Client, postgres::Error> {
-    let mut config: postgres::Config = settings
-        .url
-        .parse()
-        .expect("the URL was checked when the config loaded");
+    let mut client = open(settings)?;
+    migrate(&mut client)?;
+    Ok(client)
+}
+
+/// Connect without touching the schema (`dispa traffic`, `dispa check`: a read-only
+/// standby or a user who may not create tables can still be read).
+pub fn open(settings: &Postgres) -> Result<Client, postgres::Error> {
+    let mut config: postgres::Config = settings.url.parse()?;
     if let Some(p) = &settings.password {
         config.password(p);
     }
+    // No NOTICEs ("already exists, skipping") in Dispa's log or the CLI's output, and no
+    // statement that holds the logging thread for more than 30 s; after the URL's own.
+    let ours = "-c client_min_messages=warning -c statement_timeout=30000";
+    let options = match config.get_options() {
+        Some(theirs) if !theirs.is_empty() => format!("{theirs} {ours}"),
+        _ => ours.to_string(),
+    };
+    // A server that went away silently is noticed within ~30 s (TCP keep-alive and
+    // TCP_USER_TIMEOUT), not the kernel's ~11 minutes.
     config
         .connect_timeout(Duration::from_secs(5))
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(10))
-        .application_name("dispa")
-        // No NOTICEs ("already exists, skipping") in Dispa's log or the CLI's output.
-        .options("-c client_min_messages=warning");
-    let mut client = config.connect(NoTls)?;
-    migrate(&mut client)?;
-    Ok(client)
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(30))
+        .options(&options);
+    if config.get_application_name().is_none() {
+        config.application_name("dispa");
+    }
+    config.connect(NoTls)
 }
 
 /// Apply the migrations the database has not had, under the advisory lock.
@@ -364,9 +396,14 @@ fn day_of_name(s: &str) -> Option<i64> {
     Some(crate::clock::days_from_civil(y, m, d))
 }
 
+/// This process in batch ids: its start (Unix ms) times 2^22, plus its pid (two Dispas on
+/// one host, of one `instance`, started in the same millisecond still differ).
 fn process_start_ms() -> i64 {
     static START: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    *START.get_or_init(|| ms_of(SystemTime::now()) as i64)
+    *START.get_or_init(|| {
+        let ms = ms_of(SystemTime::now()) as i64;
+        (ms << 22) | i64::from(std::process::id() & 0x3f_ffff)
+    })
 }
 
 /// One row of `COPY … FROM STDIN (FORMAT binary)`: the field count, then each field as

@@ -13,9 +13,9 @@ use super::{By, Filter, summary_header, summary_line};
 use crate::clock::rfc3339_ms;
 use crate::config::Postgres;
 
-/// Connect for reading; the schema is brought up to date as Dispa would.
+/// Connect for reading (the schema is left as it is).
 pub fn open(store: &Postgres) -> Result<Client, String> {
-    crate::logging::postgres::connect(store)
+    crate::logging::postgres::open(store)
         .map_err(|e| format!("{}: {}", store.url, crate::logging::postgres::describe(&e)))
 }
 
@@ -101,8 +101,7 @@ pub fn tail(client: &mut Client, filter: &Filter, limit: usize) -> Result<String
 }
 
 /// `tail -f`: the latest `limit`, then every matching request as it arrives (polled every
-/// 250 ms by time: a batch may hold requests older than one already shown, so the last
-/// second is read again and what was shown is skipped), while `emit` returns true.
+/// 250 ms by time, the last minute read again), while `emit` returns true.
 pub fn follow(
     client: &mut Client,
     filter: &Filter,
@@ -123,12 +122,16 @@ pub fn follow(
         "SELECT {LINE_COLUMNS}, instance FROM requests{clause} AND ts_ms >= ${} ORDER BY ts_ms",
         args.len() + 1
     );
+    // Rows carry their request's start time and arrive with their batch, up to a flush
+    // interval (or a sink's retry) later: each poll reads the last LOOK_BACK again and
+    // skips what it showed. A row arriving later than that is not shown.
+    const LOOK_BACK: i64 = 60_000;
     let mut from: i64 = crate::clock::unix_ms() as i64;
     let mut shown: std::collections::HashSet<(i64, String, String)> = Default::default();
     loop {
         std::thread::sleep(Duration::from_millis(250));
         let mut a = refs(&args);
-        let since = from - 1000;
+        let since = from - LOOK_BACK;
         a.push(&since);
         for r in client.query(&sql, &a)? {
             let key = (
@@ -143,7 +146,7 @@ pub fn follow(
                 }
             }
         }
-        shown.retain(|(ts, _, _)| *ts >= from - 1000);
+        shown.retain(|(ts, _, _)| *ts >= from - LOOK_BACK);
     }
 }
 

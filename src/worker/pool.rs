@@ -195,19 +195,42 @@ impl Pool {
             return Admission::Now(Permit { gate });
         }
         let waiter = Rc::new(Waiter::default());
-        gate.waiters.borrow_mut().push_back(Rc::downgrade(&waiter));
+        let mut waiters = gate.waiters.borrow_mut();
+        // Requests that gave up stay in the queue until a hand-over reaches them: sweep
+        // them out now and then, so a queue that keeps timing out does not grow.
+        if waiters.len() >= 64 && waiters.len().is_power_of_two() {
+            waiters.retain(|w| w.strong_count() > 0);
+        }
+        waiters.push_back(Rc::downgrade(&waiter));
+        drop(waiters);
         Admission::Queued(Wait(waiter))
     }
 
     /// Keep `stream` to target `id` for reuse: handed to the first waiting request, else
     /// kept idle, else (the target has `max_idle`, or is no longer configured) closed.
-    pub fn put(&self, id: u64, stream: Stream, permit: Permit) {
-        if let Some(w) = permit.gate.next_waiter() {
-            w.grant(Grant::Conn(stream, permit));
+    pub fn put(&self, id: u64, mut stream: Stream, permit: Permit) {
+        let gate = &permit.gate;
+        let limit = gate.limit.get();
+        // Over a lowered limit: close it (the permit's drop frees its place).
+        if limit != 0 && gate.open.get() > limit {
+            return;
+        }
+        if let Some(w) = gate.next_waiter() {
+            // As `take` checks a pooled one: bytes or a close already waiting mean it
+            // cannot carry another request; the waiter gets its place instead.
+            if is_clean(&mut stream) {
+                w.grant(Grant::Conn(stream, permit));
+            } else {
+                drop(stream);
+                w.grant(Grant::Room(permit));
+            }
             return;
         }
         let mut targets = self.targets.borrow_mut();
+        // Only under the gate it was opened under: a target removed and added again has a
+        // new gate, and a connection of the old one would count against neither.
         if let Some(t) = targets.get_mut(&id)
+            && Rc::ptr_eq(&t.gate, &permit.gate)
             && t.idle.len() < self.max_idle.get()
         {
             t.idle.push(Idle {
