@@ -210,6 +210,8 @@ fn route(
             {
                 s.republish();
             }
+            let action = if drained { "drained" } else { "enabled" };
+            tracing::info!(target = name, %peer, "target {action} through the status API");
             json(
                 200,
                 &Drained {
@@ -220,6 +222,12 @@ fn route(
         }
         (Endpoint::Status, "/health" | "/ready" | "/targets" | "/status" | "/reload") => {
             error(405, "method not allowed")
+        }
+        // The admin actions exist for POST only.
+        (Endpoint::Status, p)
+            if p.starts_with("/targets/") && (p.ends_with("/drain") || p.ends_with("/enable")) =>
+        {
+            error(405, "method not allowed: use POST")
         }
         _ => not_found(),
     }
@@ -234,10 +242,23 @@ fn not_found() -> Answer {
 fn admin_denied(state: &State, req: &Request, peer: SocketAddr) -> Option<Answer> {
     match &state.config().monitoring.admin_token {
         Some(token) => {
-            let expected = format!("Bearer {token}");
-            let given = req.authorization.as_deref().unwrap_or_default();
-            let ok = constant_time_eq::constant_time_eq(given, expected.as_bytes());
-            (!ok).then(|| error(401, "admin token required"))
+            let Some(given) = req.authorization.as_deref() else {
+                return Some(error(401, "admin token required"));
+            };
+            // The scheme is case-insensitive (RFC 9110 §11.1); the token is compared in
+            // constant time.
+            let given = std::str::from_utf8(given).unwrap_or_default().trim();
+            let token_given = match given.split_once(' ') {
+                Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim_start(),
+                _ => {
+                    return Some(error(
+                        401,
+                        "invalid token: expected Authorization: Bearer <token>",
+                    ));
+                }
+            };
+            let ok = constant_time_eq::constant_time_eq(token_given.as_bytes(), token.as_bytes());
+            (!ok).then(|| error(401, "invalid token"))
         }
         None => (!peer.ip().to_canonical().is_loopback())
             .then(|| error(403, "admin actions are accepted from loopback only")),

@@ -124,8 +124,11 @@ impl WorkerStats {
 }
 
 /// Upper bounds (seconds) of the latency histogram buckets; a last bucket is `+Inf`.
-pub const LATENCY_BUCKETS: [f64; 14] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+/// They reach past the default timeouts (the target's response: 60 s; a tunnel's idle
+/// time: 300 s), so a request that waited for a timeout shows where it ended.
+pub const LATENCY_BUCKETS: [f64; 20] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
 /// A latency histogram: per-bucket (not cumulative) counts, the last one `+Inf`.
@@ -176,10 +179,12 @@ mod tests {
         h.observe(0.0001);
         h.observe(0.0002);
         h.observe(10.0);
+        h.observe(400.0);
         assert_eq!(h.counts[0], 1);
         assert_eq!(h.counts[1], 1);
+        assert_eq!(h.counts[LATENCY_BUCKETS.partition_point(|&b| b < 10.0)], 1);
         assert_eq!(h.counts[LATENCY_BUCKETS.len()], 1);
-        assert_eq!(h.count(), 3);
+        assert_eq!(h.count(), 4);
     }
 }
 

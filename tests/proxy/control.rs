@@ -328,6 +328,17 @@ fn admin_actions_need_the_token_when_one_is_set() {
     assert_eq!(call(d.status, "POST", "/reload").status, 401);
     let r = raw(d.status, b"POST /reload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(r.status, 200, "{}", r.text());
+    // The scheme in any case (RFC 9110 §11.1); a wrong token is named as such.
+    let r = raw(d.status, b"POST /reload HTTP/1.1\r\nHost: x\r\nAuthorization: bEARER s3cret\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = raw(d.status, b"POST /reload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(r.status, 401);
+    assert!(r.text().contains("invalid token"), "{}", r.text());
+    let r = call(d.status, "POST", "/reload");
+    assert!(r.text().contains("admin token required"), "{}", r.text());
+    // A POST-only action asked with GET: 405, not 404.
+    assert_eq!(call(d.status, "GET", "/targets/b0/drain").status, 405);
+    assert_eq!(call(d.status, "GET", "/targets/b0/enable").status, 405);
 }
 
 /// Load balancers' checks often send HTTP/1.0 without a Host (HAProxy's default
@@ -396,6 +407,11 @@ fn metrics_move_with_traffic() {
         metric(&text, "dispa_upstream_duration_seconds_count"),
         Some(5.0)
     );
+    // The buckets reach past the target's default response timeout (60 s).
+    for le in ["60", "300"] {
+        let bucket = format!("dispa_request_duration_seconds_bucket{{le=\"{le}\"}}");
+        assert_eq!(metric(&text, &bucket), Some(6.0), "{text}");
+    }
     assert_eq!(
         metric(&text, "dispa_target_healthy{target=\"b0\"}"),
         Some(1.0)
