@@ -23,36 +23,58 @@ use tracing_subscriber::EnvFilter;
 )]
 struct Cli {
     /// Config file.
-    #[arg(short, long, global = true, default_value = "config/config.toml")]
+    #[arg(short, long, default_value = "config/config.toml")]
     config: PathBuf,
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
-    /// Worker threads (overrides server.workers; 0 = one per allowed CPU).
-    #[arg(long, global = true)]
-    workers: Option<usize>,
-    /// Log line format on stderr: "text" for people, "json" (JSON Lines) for shippers.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    run: RunArgs,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// What only running the proxy (from a config, or the demo) takes.
+#[derive(clap::Args, Clone, Copy)]
+struct RunArgs {
+    /// Worker threads (overrides server.workers; 0 = one per allowed CPU).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Log line format on stderr: "text" for people, "json" (JSON Lines) for shippers.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+/// A config file given after a subcommand (`dispa check -c FILE`), else before it.
+#[derive(clap::Args, Clone)]
+struct ConfigArg {
+    /// Config file (default: config/config.toml).
+    #[arg(short, long, global = true)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Validate the config, print a summary, exit 0 (valid) or 2 (invalid).
-    Check,
-    /// Run Dispa with two built-in backends on loopback (no config file needed).
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Run Dispa with two built-in backends on loopback (no config file: -c is refused).
     Demo {
         /// Port for the proxy on 127.0.0.1 (status API and metrics: 8081 and 9090 with the
         /// default 8080, else the next two ports, or free ports when this is 0).
         #[arg(long, default_value_t = 8080)]
         port: u16,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// Read the traffic record (the SQLite or PostgreSQL store of [logging.database]).
     Traffic {
         #[command(subcommand)]
         what: TrafficCommand,
+        #[command(flatten)]
+        config: ConfigArg,
         /// The SQLite file, or a postgres:// URL (password in it or in PGPASSWORD)
         /// (default: the store of [logging.database] in the config).
         #[arg(long, global = true)]
@@ -123,7 +145,15 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_target(false)
         .with_writer(std::io::stderr);
-    match cli.log_format {
+    let run_args = match &cli.command {
+        Some(Command::Demo { run, .. }) => RunArgs {
+            workers: run.workers.or(cli.run.workers),
+            log_format: run.log_format.or(cli.run.log_format),
+        },
+        _ => cli.run,
+    };
+    let config_of = |c: &ConfigArg| c.config.clone().unwrap_or_else(|| cli.config.clone());
+    match run_args.log_format.unwrap_or(LogFormat::Text) {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         // One object per line, fields at the top level beside timestamp, level, message.
         LogFormat::Json => logs
@@ -135,10 +165,11 @@ fn main() -> ExitCode {
     }
 
     match cli.command {
-        Some(Command::Check) => check(&cli.config),
-        Some(Command::Demo { port }) => run_demo(port, cli.workers),
+        Some(Command::Check { config }) => check(&config_of(&config)),
+        Some(Command::Demo { port, .. }) => run_demo(port, run_args.workers),
         Some(Command::Traffic {
             what,
+            config,
             db,
             host,
             status,
@@ -158,9 +189,9 @@ fn main() -> ExitCode {
                 target,
                 since,
             };
-            run_traffic(&cli.config, db, &filter, what)
+            run_traffic(&config_of(&config), db, &filter, what)
         }
-        None => run(&cli.config, cli.workers),
+        None => run(&cli.config, run_args.workers),
     }
 }
 
@@ -249,8 +280,16 @@ fn serve(
         .map(|t| format!("{}={}", t.name, t.addr))
         .collect();
     let intercept = cfg.domains.intercept.join(",");
+    let demo = path.is_none();
     let running = match boot::start(cfg, workers) {
         Ok(running) => running,
+        // The demo has no config to change: its port is --port.
+        Err(boot::Error::Bind { addr, source }) if demo => {
+            tracing::error!(
+                "cannot listen on {addr}: {source} (choose another port with `dispa demo --port N`, or --port 0 for free ones)"
+            );
+            return ExitCode::from(1);
+        }
         Err(e) => {
             tracing::error!("{e}");
             return ExitCode::from(1);
@@ -266,6 +305,12 @@ fn serve(
     }
     let control = match control::start(running.into_control(), path) {
         Ok(handle) => handle,
+        Err(e) if demo => {
+            tracing::error!(
+                "{e} (the demo's status API and metrics take the two ports after --port: choose another with `dispa demo --port N`, or --port 0 for free ones)"
+            );
+            return ExitCode::from(1);
+        }
         Err(e) => {
             tracing::error!("{e}");
             return ExitCode::from(1);

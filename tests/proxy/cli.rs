@@ -325,3 +325,30 @@ fn traffic_reads_many_shard_files_past_a_missing_one() {
         "SELECT count(*) AS n FROM requests; SELECT sum(requests) AS n FROM requests_per_minute";
     assert_eq!(traffic("sql", &db, &[counts]), "n\n120\nn\n120\n");
 }
+
+/// CLI edges (issue 17, point 8): each subcommand lists only what it takes, the demo
+/// refuses a config file instead of ignoring it, and its "port in use" names --port.
+#[test]
+fn subcommands_take_only_their_own_options_and_the_demo_names_its_port() {
+    let out = |args: &[&str]| std::process::Command::new(BIN).args(args).output().unwrap();
+    let help = String::from_utf8_lossy(&out(&["traffic", "--help"]).stdout).into_owned();
+    assert!(help.contains("--db") && help.contains("--config"), "{help}");
+    assert!(
+        !help.contains("--workers") && !help.contains("--log-format"),
+        "{help}"
+    );
+    let refused = out(&["demo", "-c", "config/config.toml"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unexpected argument '-c'"));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let busy = std::process::Command::new(BIN)
+        .args(["demo", "--port", &port])
+        .current_dir(scratch_dir("demo-busy"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&busy.stderr);
+    assert_eq!(busy.status.code(), Some(1), "{err}");
+    assert!(err.contains("dispa demo --port N"), "{err}");
+    assert!(!err.contains("in the config"), "{err}");
+}
