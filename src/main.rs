@@ -234,6 +234,25 @@ fn check(path: &Path) -> ExitCode {
                     c.monitoring.health_bind, c.monitoring.metrics_bind
                 );
             }
+            // Ports another program holds now: a warning, since a running Dispa (checked
+            // before a reload) holds its own.
+            let mut ports = vec![("server.bind", c.server.bind)];
+            ports.extend(c.server.tls.as_ref().map(|t| ("server.tls.bind", t.bind)));
+            if c.monitoring.enabled {
+                ports.push(("monitoring.health_bind", c.monitoring.health_bind));
+                ports.push(("monitoring.metrics_bind", c.monitoring.metrics_bind));
+            }
+            for (key, addr) in ports {
+                if addr.port() != 0
+                    && let Err(e) = std::net::TcpListener::bind(addr)
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                {
+                    eprintln!(
+                        "{}: warning: {key} {addr} is in use now (by another program, or by a running Dispa)",
+                        path.display()
+                    );
+                }
+            }
             let problems = dispa::logging::check_writable(&c.logging);
             for p in &problems {
                 eprintln!("{}: not writable: {p}", path.display());

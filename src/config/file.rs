@@ -888,7 +888,7 @@ impl<'a> Section<'a> {
             self.error(
                 errors,
                 key,
-                &format!("expected {expected}, found {}", v.type_str()),
+                &format!("expected {expected}, found {}", shown(v)),
             );
         }
         out
@@ -933,7 +933,7 @@ impl<'a> Section<'a> {
         self.typed(
             key,
             errors,
-            "a duration: seconds as a number, or a string like \"500ms\", \"5s\", \"2m\"",
+            "a duration: seconds as a number, or a number with a unit: \"500ms\", \"5s\", \"2m\", \"1h\", \"1d\"",
             parse_duration,
         )
     }
@@ -1029,6 +1029,18 @@ impl<'a> Section<'a> {
             &format!("{given:?} is not one of {list}{hint}"),
         );
         default
+    }
+}
+
+/// A value as an error shows it: a scalar as written (`-3`, `"5 parsecs"`), a table or
+/// array by its type.
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) if s.chars().count() <= 60 => format!("{s:?}"),
+        Value::Integer(_) | Value::Float(_) | Value::Boolean(_) | Value::Datetime(_) => {
+            v.to_string()
+        }
+        other => other.type_str().to_string(),
     }
 }
 

@@ -45,6 +45,22 @@ pub(super) fn check(config: &Config, errors: &mut Vec<FieldError>) {
         }
     }
     let m = &config.monitoring;
+    let bind = config.server.bind;
+    if m.enabled {
+        for (key, addr) in [
+            ("health_bind", m.health_bind),
+            ("metrics_bind", m.metrics_bind),
+        ] {
+            if addr.port() != 0 && addr.port() == bind.port() && same_host(addr, bind) {
+                err(
+                    format!("monitoring.{key}"),
+                    format!(
+                        "{addr} is also server.bind: give the status API and metrics ports of their own"
+                    ),
+                );
+            }
+        }
+    }
     if m.enabled && m.health_bind == m.metrics_bind && m.health_bind.port() != 0 {
         err(
             "monitoring.metrics_bind".into(),
@@ -61,4 +77,9 @@ pub(super) fn check(config: &Config, errors: &mut Vec<FieldError>) {
             ),
         );
     }
+}
+
+/// Two listen addresses that would collide: the same IP, or either the unspecified one.
+fn same_host(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
 }

@@ -352,3 +352,70 @@ fn subcommands_take_only_their_own_options_and_the_demo_names_its_port() {
     assert!(err.contains("dispa demo --port N"), "{err}");
     assert!(!err.contains("in the config"), "{err}");
 }
+
+/// Config errors (issue 17, point 4): all at once, duplicates among them; a bad number
+/// or duration shows what was found and what is allowed; the status API on the proxy's
+/// own port is an error; a port in use is a warning of `dispa check`.
+#[test]
+fn check_shows_what_was_found_and_sees_ports_that_collide_or_are_taken() {
+    let dir = scratch_dir("check-errors");
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        "[server]\nbind = \"127.0.0.1:18789\"\nworkers = -3\nshutdown_timeout = \"5 parsecs\"\n\
+         [domains]\nintercept_domains = [\"example.com\"]\n\
+         [[targets.targets]]\nname = \"a\"\nurl = \"http://127.0.0.1:3000\"\n\
+         [[targets.targets]]\nname = \"a\"\nurl = \"http://127.0.0.1:3001\"\n\
+         [monitoring]\nhealth_bind = \"0.0.0.0:18789\"\nmetrics_bind = \"127.0.0.1:0\"\n\
+         [timeouts]\nkeepalive = \"1d\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("config has 4 error(s)"), "{err}");
+    assert!(
+        err.contains("server.workers: expected an integer from 0 to 1024, found -3"),
+        "{err}"
+    );
+    assert!(err.contains("found \"5 parsecs\""), "{err}");
+    assert!(err.contains("\"1h\", \"1d\""), "{err}");
+    assert!(
+        err.contains("targets.targets[1].name: duplicate target name \"a\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("monitoring.health_bind: 0.0.0.0:18789 is also server.bind"),
+        "{err}"
+    );
+    // A valid config whose port another program holds: a warning, exit 0.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let ok = dir.join("ok.toml");
+    std::fs::write(
+        &ok,
+        format!(
+            "[server]\nbind = \"127.0.0.1:{port}\"\n[domains]\nintercept_domains = [\"example.com\"]\n\
+             [[targets.targets]]\nname = \"a\"\nurl = \"http://127.0.0.1:3000\"\n\
+             [monitoring]\nenabled = false\n[logging]\nenabled = false\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&ok)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "warning: server.bind 127.0.0.1:{port} is in use now"
+        )),
+        "{err}"
+    );
+}
