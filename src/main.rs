@@ -349,6 +349,7 @@ fn serve(
         metrics = %show(control.metrics_addr()),
         "dispa started"
     );
+    control::notify::ready();
     on_start(listen, tls_listen, &control);
     control.join();
     tracing::info!("stopped");

@@ -9,6 +9,7 @@ mod api;
 mod fleet;
 mod health;
 mod metrics;
+pub mod notify;
 mod reload;
 pub mod signals;
 
@@ -148,8 +149,16 @@ impl State {
         self.publish(config);
     }
 
-    /// Reload the config file; every error is logged and kept for the status API.
+    /// Reload the config file, with systemd told it began and ended (`notify`).
     fn reload(&mut self, trigger: &str) -> reload::Outcome {
+        notify::reloading();
+        let outcome = self.reload_now(trigger);
+        notify::ready();
+        outcome
+    }
+
+    /// Reload the config file; every error is logged and kept for the status API.
+    fn reload_now(&mut self, trigger: &str) -> reload::Outcome {
         let generation = self.fleet.snapshot().generation;
         let mut outcome = reload::Outcome {
             at: std::time::SystemTime::now(),
@@ -363,6 +372,7 @@ async fn run(
             break;
         }
     }
+    notify::stopping();
     let drain = state.borrow().config().server.shutdown_timeout;
     tracing::info!(
         ?drain,

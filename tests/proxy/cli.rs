@@ -419,3 +419,44 @@ fn check_shows_what_was_found_and_sees_ports_that_collide_or_are_taken() {
         "{err}"
     );
 }
+
+/// systemd's `Type=notify` (issue 17, point 6): READY=1 once serving, RELOADING=1 with
+/// MONOTONIC_USEC then READY=1 around a reload (SIGHUP), STOPPING=1 at a stop.
+#[test]
+fn systemd_is_told_ready_reloading_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Duration;
+    let dir = scratch_dir("notify");
+    let sock = dir.join("notify.sock");
+    let rx = UnixDatagram::bind(&sock).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let b = Backend::named("b");
+    let path = dir.join("d.toml");
+    std::fs::write(&path, config(&[b.addr], "round_robin", MONITORING)).unwrap();
+    let child = Command::new(BIN)
+        .arg("-c")
+        .arg(&path)
+        .current_dir(&dir)
+        .env("NOTIFY_SOCKET", &sock)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Spawned(child);
+    let recv = || {
+        let mut buf = [0u8; 256];
+        let n = rx.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(recv().starts_with("READY=1\n"));
+    signal(&child, libc::SIGHUP);
+    let reloading = recv();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert!(recv().starts_with("READY=1\n"));
+    signal(&child, libc::SIGTERM);
+    assert!(recv().starts_with("STOPPING=1\n"));
+    let status = wait_exit(&mut child, Duration::from_secs(10)).expect("exit");
+    assert_eq!(status.code(), Some(0));
+}
