@@ -44,6 +44,8 @@ mod tests {
         let none = |_: usize| false;
         let c = Candidates {
             weights: &[1, 1, 1],
+            names: &[],
+            key: 0,
             excluded: &none,
         };
         let loads = [5u64, 2, 9];
@@ -56,6 +58,8 @@ mod tests {
         let none = |_: usize| false;
         let c = Candidates {
             weights: &[4, 1],
+            names: &[],
+            key: 0,
             excluded: &none,
         };
         // 6/4 < 2/1
@@ -69,6 +73,8 @@ mod tests {
         let none = |_: usize| false;
         let c = Candidates {
             weights: &[1, 1],
+            names: &[],
+            key: 0,
             excluded: &none,
         };
         let picks: Vec<_> = (0..4).map(|_| b.pick(&c, &|_| 0).unwrap()).collect();

@@ -2,12 +2,14 @@
 //! [`Balancer`] (no sharing, no locks); only `least_connections` reads shared counters,
 //! the lock-free per-worker [`Inflight`] slots. Pure: no I/O, no clock.
 
+mod consistent;
 mod inflight;
 mod least_conn;
 mod random;
 mod round_robin;
 mod weighted;
 
+pub use consistent::{ConsistentHash, hash_of};
 pub use inflight::Inflight;
 pub use least_conn::LeastConn;
 pub use random::Random;
@@ -24,6 +26,9 @@ pub enum Algorithm {
     Random,
     /// Fewest in-flight requests across all workers, relative to weight.
     LeastConnections,
+    /// A ring of targets keyed by the client's address, a header or a cookie, with
+    /// bounded load (sticky sessions).
+    ConsistentHash,
 }
 
 impl Algorithm {
@@ -33,14 +38,23 @@ impl Algorithm {
             Algorithm::Weighted => "weighted",
             Algorithm::Random => "random",
             Algorithm::LeastConnections => "least_connections",
+            Algorithm::ConsistentHash => "consistent_hash",
         }
     }
 }
+
+/// `consistent_hash`'s ε when the config does not say (HAProxy's `hash-balance-factor`
+/// 125 is the same bound).
+pub const DEFAULT_LOAD_FACTOR: f64 = 0.25;
 
 /// The targets a pick chooses from: weights, in snapshot order, and which are excluded
 /// (already tried for this request, or down).
 pub struct Candidates<'a> {
     pub weights: &'a [u32],
+    /// Hashes of the targets' names (`consistent_hash` places them on its ring by these).
+    pub names: &'a [u64],
+    /// The request's hash key (`consistent_hash` only).
+    pub key: u64,
     pub excluded: &'a dyn Fn(usize) -> bool,
 }
 
@@ -51,12 +65,23 @@ pub enum Balancer {
     Weighted(SmoothWeighted),
     Random(Random),
     LeastConnections(LeastConn),
+    ConsistentHash(ConsistentHash),
 }
 
 impl Balancer {
     /// `seed` makes `random` (and tie-breaking start points) deterministic in tests; workers
     /// pass their id so that they do not all start on the same target.
     pub fn new(algorithm: Algorithm, targets: usize, seed: u64) -> Balancer {
+        Balancer::with_load_factor(algorithm, targets, seed, DEFAULT_LOAD_FACTOR)
+    }
+
+    /// As [`Balancer::new`], with `consistent_hash`'s ε.
+    pub fn with_load_factor(
+        algorithm: Algorithm,
+        targets: usize,
+        seed: u64,
+        load_factor: f64,
+    ) -> Balancer {
         match algorithm {
             Algorithm::RoundRobin => Balancer::RoundRobin(RoundRobin::new(seed as usize)),
             Algorithm::Weighted => Balancer::Weighted(SmoothWeighted::new(targets)),
@@ -64,6 +89,7 @@ impl Balancer {
             Algorithm::LeastConnections => {
                 Balancer::LeastConnections(LeastConn::new(seed as usize))
             }
+            Algorithm::ConsistentHash => Balancer::ConsistentHash(ConsistentHash::new(load_factor)),
         }
     }
 
@@ -75,6 +101,7 @@ impl Balancer {
             Balancer::Weighted(b) => b.pick(c),
             Balancer::Random(b) => b.pick(c),
             Balancer::LeastConnections(b) => b.pick(c, load),
+            Balancer::ConsistentHash(b) => b.pick(c, load),
         }
     }
 }
@@ -89,6 +116,8 @@ pub(crate) mod test_support {
         let none = |_: usize| false;
         let c = Candidates {
             weights,
+            names: &[],
+            key: 0,
             excluded: &none,
         };
         for _ in 0..n {

@@ -42,6 +42,8 @@ mod tests {
         let none = |_: usize| false;
         let c = Candidates {
             weights: &[1, 1],
+            names: &[],
+            key: 0,
             excluded: &none,
         };
         let picks: Vec<_> = (0..6).map(|_| b.pick(&c).unwrap()).collect();
@@ -54,6 +56,8 @@ mod tests {
         let skip1 = |i: usize| i == 1;
         let c = Candidates {
             weights: &[1, 1, 1],
+            names: &[],
+            key: 0,
             excluded: &skip1,
         };
         let picks: Vec<_> = (0..4).map(|_| b.pick(&c).unwrap()).collect();
@@ -62,6 +66,8 @@ mod tests {
         assert_eq!(
             b.pick(&Candidates {
                 weights: &[1, 1, 1],
+                names: &[],
+                key: 0,
                 excluded: &all
             }),
             None
@@ -76,6 +82,8 @@ mod tests {
         let none = |_: usize| false;
         let c = Candidates {
             weights: &[3, 2],
+            names: &[],
+            key: 0,
             excluded: &none,
         };
         let picks: Vec<_> = (0..5).map(|_| b.pick(&c).unwrap()).collect();

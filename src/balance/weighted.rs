@@ -51,6 +51,8 @@ mod tests {
         let none = |_: usize| false;
         let c = Candidates {
             weights: &[5, 1, 1],
+            names: &[],
+            key: 0,
             excluded: &none,
         };
         let picks: String = (0..7)
@@ -71,6 +73,8 @@ mod tests {
         let skip0 = |i: usize| i == 0;
         let c = Candidates {
             weights: &[5, 2, 1],
+            names: &[],
+            key: 0,
             excluded: &skip0,
         };
         let mut counts = [0; 3];

@@ -8,9 +8,9 @@ use std::time::Duration;
 use toml::{Table, Value};
 
 use super::{
-    Algorithm, Capture, Config, DatabaseSink, Domains, FieldError, FileSink, HealthCheck, IoDriver,
-    Limits, Logging, MAX_CAPTURE_BODY, MAX_SHARDS, Monitoring, Postgres, Rotation, Server, Sinks,
-    Target, TargetTls, Targets, Timeouts, TlsListener, Upstream, UringFlags,
+    Algorithm, Capture, Config, DatabaseSink, Domains, FieldError, FileSink, HashKey, HealthCheck,
+    IoDriver, Limits, Logging, MAX_CAPTURE_BODY, MAX_SHARDS, Monitoring, Postgres, Rotation,
+    Server, Sinks, Target, TargetTls, Targets, Timeouts, TlsListener, Upstream, UringFlags,
 };
 
 /// Decode the whole file. Returns `None` only when a required section is missing entirely
@@ -458,7 +458,7 @@ fn targets(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Option<Targe
     let algorithm = match s.table("load_balancing", errors) {
         Some(mut lb) => {
             // The original dispa's spellings (`roundrobin`, `leastconnections`, ...) too.
-            let choices: [(&[&str], Algorithm); 4] = [
+            let choices: [(&[&str], Algorithm); 5] = [
                 (&["round_robin", "roundrobin"], Algorithm::RoundRobin),
                 (
                     &["weighted", "weighted_round_robin", "weightedroundrobin"],
@@ -469,27 +469,66 @@ fn targets(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Option<Targe
                     &["least_connections", "least_conn", "leastconnections"],
                     Algorithm::LeastConnections,
                 ),
+                (&["consistent_hash", "hash"], Algorithm::ConsistentHash),
             ];
-            let a = lb.choice("type", &choices, Algorithm::RoundRobin, errors);
-            // The original dispa's switch; consistent hashing is not built yet.
+            let mut a = lb.choice("type", &choices, Algorithm::RoundRobin, errors);
+            // The original dispa's switch: sticky by the client's address.
             if lb.bool("sticky_sessions", false, errors) {
-                lb.error(
-                    errors,
-                    "sticky_sessions",
-                    "sticky sessions are not available in Dispa yet: remove the key (or set it \
-                     to false); requests are balanced by `type`",
-                );
+                a = Algorithm::ConsistentHash;
             }
+            let key = match lb.string("hash_key", errors) {
+                None => HashKey::ClientIp,
+                Some(k) => {
+                    match k.split_once(':') {
+                        _ if k == "client_ip" => HashKey::ClientIp,
+                        Some(("header", name)) if !name.is_empty() => {
+                            HashKey::Header(name.trim().to_ascii_lowercase())
+                        }
+                        Some(("cookie", name)) if !name.is_empty() => {
+                            HashKey::Cookie(name.trim().to_string())
+                        }
+                        _ => {
+                            lb.error(
+                            errors,
+                            "hash_key",
+                            &format!("{k:?}: expected \"client_ip\", \"header:NAME\" or \"cookie:NAME\""),
+                        );
+                            HashKey::ClientIp
+                        }
+                    }
+                }
+            };
+            let factor = match lb.get("hash_load_factor") {
+                None => crate::balance::DEFAULT_LOAD_FACTOR,
+                Some(v) => match v.as_float().or(v.as_integer().map(|i| i as f64)) {
+                    Some(f) if (0.0..=10.0).contains(&f) => f,
+                    _ => {
+                        lb.error(
+                            errors,
+                            "hash_load_factor",
+                            &format!("expected a number from 0 to 10 (ε: a target takes requests up to (1 + ε) × the average in flight), found {}", shown(v)),
+                        );
+                        crate::balance::DEFAULT_LOAD_FACTOR
+                    }
+                },
+            };
             lb.finish(errors);
-            a
+            (a, key, factor)
         }
-        None => Algorithm::RoundRobin,
+        None => (
+            Algorithm::RoundRobin,
+            HashKey::ClientIp,
+            crate::balance::DEFAULT_LOAD_FACTOR,
+        ),
     };
+    let (algorithm, hash_key, hash_load_factor) = algorithm;
     let health_check = health_check(s.table("health_check", errors), errors);
     s.finish(errors);
     Some(Targets {
         targets: list,
         algorithm,
+        hash_key,
+        hash_load_factor,
         health_check,
     })
 }

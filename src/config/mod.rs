@@ -232,7 +232,22 @@ pub struct Domains {
 pub struct Targets {
     pub targets: Vec<Target>,
     pub algorithm: Algorithm,
+    /// `consistent_hash`: what a request is keyed by, and ε of the load bound.
+    pub hash_key: HashKey,
+    pub hash_load_factor: f64,
     pub health_check: HealthCheck,
+}
+
+/// What `consistent_hash` keys a request by (`hash_key`); without the header or cookie,
+/// by the client's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// `"client_ip"` (nginx's `ip_hash`, HAProxy's `balance source`).
+    ClientIp,
+    /// `"header:NAME"` (lowercase).
+    Header(String),
+    /// `"cookie:NAME"`.
+    Cookie(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use super::pool::Pool;
 use super::sockets::OpenSockets;
 use super::tally::RequestCounts;
-use crate::balance::Balancer;
+use crate::balance::{Balancer, hash_of};
 use crate::config::Snapshot;
 use crate::msg::{RecordSender, StatsReport, TrafficRecord, WorkerEvent, WorkerStats};
 
@@ -21,18 +21,28 @@ use crate::msg::{RecordSender, StatsReport, TrafficRecord, WorkerEvent, WorkerSt
 pub struct Current {
     pub snapshot: Arc<Snapshot>,
     pub weights: Vec<u32>,
+    /// Hashes of the targets' names (`consistent_hash`'s ring).
+    pub names: Vec<u64>,
     pub balancer: RefCell<Balancer>,
 }
 
 impl Current {
     pub fn new(snapshot: Arc<Snapshot>, worker_id: usize) -> Self {
         let weights = snapshot.targets.iter().map(|t| t.weight).collect();
-        let balancer = Balancer::new(snapshot.algorithm, snapshot.targets.len(), worker_id as u64);
+        let names = snapshot.targets.iter().map(|t| hash_of(&t.name)).collect();
+        let balancer = Current::balancer(&snapshot, worker_id);
         Current {
             snapshot,
             weights,
+            names,
             balancer: RefCell::new(balancer),
         }
+    }
+
+    fn balancer(snapshot: &Snapshot, worker_id: usize) -> Balancer {
+        let factor = snapshot.config.targets.hash_load_factor;
+        let n = snapshot.targets.len();
+        Balancer::with_load_factor(snapshot.algorithm, n, worker_id as u64, factor)
     }
 
     /// What replaces this one for `snapshot`: balancer positions carry over when the
@@ -42,7 +52,7 @@ impl Current {
         if next.snapshot.same_rotation(&self.snapshot) {
             // Requests still running on the old snapshot have picked their targets; a
             // failover pick there works with any balancer state.
-            let fresh = Balancer::new(next.snapshot.algorithm, 0, worker_id as u64);
+            let fresh = Current::balancer(&next.snapshot, worker_id);
             next.balancer = RefCell::new(self.balancer.replace(fresh));
         }
         next

@@ -105,3 +105,67 @@ fn the_seeds_production_example_splits_60_40_without_a_type() {
         "{picks:?}"
     );
 }
+
+/// Sticky sessions (issue 17, point 3): `consistent_hash` keyed by the client's address
+/// sends one client to one target whichever worker accepts its connections; keyed by a
+/// header, each value sticks and the values spread; the original dispa's
+/// `sticky_sessions = true` means the same.
+#[test]
+fn consistent_hash_sticks_a_client_to_one_target_across_workers() {
+    let backends = [
+        Backend::named("a"),
+        Backend::named("b"),
+        Backend::named("c"),
+    ];
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let start = |toml: &str| {
+        let cfg = dispa::config::parse(toml).unwrap_or_else(|e| panic!("{e}"));
+        dispa::boot::start(cfg, Some(2)).expect("start dispa")
+    };
+    // One client address, 40 connections (the kernel spreads them over both workers).
+    let by_ip = start(&config(&addrs, "consistent_hash", ""));
+    let seen: std::collections::HashSet<String> = (0..40)
+        .map(|_| backend_of(&get(by_ip.local_addr(), "example.com", "/")))
+        .collect();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let busy_workers = by_ip
+        .stats()
+        .iter()
+        .filter(|s| s.requests.get() > 0)
+        .count();
+    assert_eq!(
+        busy_workers, 2,
+        "both workers served some of the 40 connections"
+    );
+    // The original's switch means the same.
+    let sticky = config(&addrs, "round_robin", "").replace(
+        "type = \"round_robin\"",
+        "type = \"roundrobin\"\nsticky_sessions = true",
+    );
+    let p = start(&sticky);
+    let seen: std::collections::HashSet<String> = (0..20)
+        .map(|_| backend_of(&get(p.local_addr(), "example.com", "/")))
+        .collect();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    // Keyed by a header: each user on its own connections always reaches the same target.
+    let by_user = start(&config(
+        &addrs,
+        "consistent_hash\"\nhash_key = \"header:X-User",
+        "",
+    ));
+    let mut home = std::collections::HashMap::new();
+    for round in 0..3 {
+        for u in 0..30 {
+            let req = format!("GET / HTTP/1.1\r\nHost: example.com\r\nX-User: u{u}\r\n\r\n");
+            let target = backend_of(&raw(by_user.local_addr(), req.as_bytes()));
+            let first = home.entry(u).or_insert_with(|| target.clone());
+            assert_eq!(*first, target, "user {u}, round {round}");
+        }
+    }
+    let used: std::collections::HashSet<&String> = home.values().collect();
+    assert_eq!(
+        used.len(),
+        3,
+        "30 users spread over the 3 targets: {home:?}"
+    );
+}

@@ -54,10 +54,11 @@ fn the_original_projects_config_loads_and_means_what_it_meant() {
 
 #[test]
 fn keys_without_meaning_here_say_what_to_do_instead() {
+    // sticky_sessions = true is consistent hashing by the client's address.
     let sticky = fixture().replace("sticky_sessions = false", "sticky_sessions = true");
-    let e = errors_of(&sticky);
-    assert!(e.contains("targets.load_balancing.sticky_sessions"), "{e}");
-    assert!(e.contains("not available"), "{e}");
+    let c = dispa::config::parse(&sticky).unwrap();
+    assert_eq!(c.targets.algorithm, Algorithm::ConsistentHash);
+    assert_eq!(c.targets.hash_key, dispa::config::HashKey::ClientIp);
     let wild = fixture().replace("wildcard_support = true", "wildcard_support = false");
     let e = errors_of(&wild);
     assert!(
@@ -76,7 +77,7 @@ fn typos_get_did_you_mean_from_the_known_names() {
     let e = errors_of(&fixture().replace("exclude_domains", "exclude_domain"));
     assert!(e.contains("(did you mean `exclude_domains`?)"), "{e}");
     let e = errors_of(&fixture().replace("\"roundrobin\"", "\"round_robbin\""));
-    assert!(e.contains("\"round_robbin\" is not one of \"round_robin\", \"weighted\", \"random\", \"least_connections\" (did you mean \"round_robin\"?)"), "{e}");
+    assert!(e.contains("\"round_robbin\" is not one of \"round_robin\", \"weighted\", \"random\", \"least_connections\", \"consistent_hash\" (did you mean \"round_robin\"?)"), "{e}");
     let e = errors_of(&fixture().replace("\"roundrobin\"", "\"least-connection\""));
     assert!(e.contains("(did you mean \"least_connections\"?)"), "{e}");
     let e = errors_of(&fixture().replace("type = \"both\"", "type = \"databse\""));

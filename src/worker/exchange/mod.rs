@@ -83,7 +83,15 @@ impl Exchange<'_> {
 
     /// Forward the request whose head is at the front of the client's buffer.
     pub async fn forward(&mut self, head: RequestHead) -> Next {
-        let (idx, mut up) = match upstream::pick_and_connect(self).await {
+        let targets = &self.current.snapshot.config.targets;
+        let key = match targets.algorithm {
+            crate::balance::Algorithm::ConsistentHash => {
+                let data = self.client.rbuf.data();
+                upstream::request_key(&targets.hash_key, &head, data, self.client.ip)
+            }
+            _ => 0,
+        };
+        let (idx, mut up) = match upstream::pick_and_connect(self, key).await {
             Ok(found) => found,
             Err(failure) => return self.refuse(failure, &head).await,
         };

@@ -9,9 +9,13 @@ use monoio::net::TcpStream;
 use monoio::time::{timeout, timeout_at};
 use rustls::pki_types::ServerName;
 
-use crate::config::{TargetTls, TlsMaterial};
+use crate::balance::hash_of;
+use crate::config::{HashKey, TargetTls, TlsMaterial};
+use crate::http::RequestHead;
+use crate::http::parse::field;
 use crate::io::Stream;
 use crate::io::tls::TlsStream;
+use std::net::IpAddr;
 
 use super::Exchange;
 use crate::balance::Candidates;
@@ -52,7 +56,10 @@ impl Drop for InflightGuard<'_> {
 /// Pick a target (excluding ones that already failed) and get a connection to it. When
 /// none could be connected to, the outcome names the last target tried (the record then
 /// says which target and address refused).
-pub async fn pick_and_connect(ex: &mut Exchange<'_>) -> Result<(usize, Upstream), Failure> {
+pub async fn pick_and_connect(
+    ex: &mut Exchange<'_>,
+    key: u64,
+) -> Result<(usize, Upstream), Failure> {
     let current = ex.current;
     let snap = &current.snapshot;
     let cfg = &snap.config;
@@ -62,6 +69,8 @@ pub async fn pick_and_connect(ex: &mut Exchange<'_>) -> Result<(usize, Upstream)
         let excluded = |i: usize| !snap.targets[i].available || tried.contains(&i);
         let candidates = Candidates {
             weights: &current.weights,
+            names: &current.names,
+            key,
             excluded: &excluded,
         };
         let load = |i: usize| snap.targets[i].inflight.total();
@@ -185,5 +194,25 @@ async fn handshake(
             tracing::debug!(target = %target.name, "TLS handshake with target timed out");
             Err(Failure::ConnectTimeout)
         }
+    }
+}
+
+/// The hash a `consistent_hash` balancer keys this request by: the configured header's
+/// or cookie's value, else (and for `client_ip`) the client's address.
+pub fn request_key(rule: &HashKey, head: &RequestHead, data: &[u8], client: IpAddr) -> u64 {
+    let value = match rule {
+        HashKey::ClientIp => None,
+        HashKey::Header(name) => field(data, &head.fields, name.as_bytes()),
+        HashKey::Cookie(name) => field(data, &head.fields, b"cookie").and_then(|c| {
+            c.split(|&b| b == b';').find_map(|pair| {
+                let pair = pair.trim_ascii();
+                let (n, v) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
+                (n == name.as_bytes()).then_some(&v[1..])
+            })
+        }),
+    };
+    match value {
+        Some(v) => hash_of(v),
+        None => hash_of(client),
     }
 }
