@@ -3,7 +3,10 @@
 # build machines); see docs/OPERATIONS.md.
 #
 #   docker build -t dispa .
-#   docker run --rm -p 8080:8080 -v $PWD/my.toml:/etc/dispa/config.toml dispa
+#   docker run --rm -p 8080:8080 -e DISPA_ADMIN_TOKEN=... \
+#     -v $PWD/deploy/compose/dispa.toml:/etc/dispa/config.toml dispa
+# (a config for a container binds 0.0.0.0 and names its targets as the container sees
+# them: deploy/compose/dispa.toml is the example; config/config.toml binds loopback.)
 #
 # io_uring: Docker's default seccomp profile blocks io_uring_setup, so inside a default
 # container Dispa logs one warning and uses epoll. To use io_uring, run with a seccomp
@@ -28,5 +31,7 @@ VOLUME ["/var/lib/dispa"]
 # proxy, status API, Prometheus metrics
 EXPOSE 8080 8081 9090
 STOPSIGNAL SIGTERM
+# /health answers 200 while Dispa runs (bash's /dev/tcp: the slim image has no curl).
+HEALTHCHECK --interval=10s --timeout=3s --retries=3 CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8081 && printf 'GET /health HTTP/1.0\\r\\n\\r\\n' >&3 && head -n 1 <&3 | grep -q ' 200 '"]
 ENTRYPOINT ["/usr/local/bin/dispa"]
 CMD ["-c", "/etc/dispa/config.toml"]

@@ -219,7 +219,23 @@ fn monitoring(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Monitorin
     };
     let health_bind = addr(&mut s, "health_bind", "health_check_port", 8081);
     let metrics_bind = addr(&mut s, "metrics_bind", "metrics_port", 9090);
-    let admin_token = s.string("admin_token", errors).filter(|t| !t.is_empty());
+    let mut admin_token = s.string("admin_token", errors).filter(|t| !t.is_empty());
+    // The token from the environment (containers: `DISPA_ADMIN_TOKEN=... docker compose up`).
+    if let Some(var) = s.string("admin_token_env", errors) {
+        match std::env::var(&var) {
+            Ok(t) if admin_token.is_none() && !t.is_empty() => admin_token = Some(t),
+            Ok(_) if admin_token.is_some() => s.error(
+                errors,
+                "admin_token_env",
+                "give the token once: admin_token or admin_token_env",
+            ),
+            _ => s.error(
+                errors,
+                "admin_token_env",
+                &format!("environment variable {var} is not set (or empty)"),
+            ),
+        }
+    }
     s.finish(errors);
     Monitoring {
         enabled,

@@ -460,3 +460,41 @@ fn systemd_is_told_ready_reloading_and_stopping() {
     let status = wait_exit(&mut child, Duration::from_secs(10)).expect("exit");
     assert_eq!(status.code(), Some(0));
 }
+
+/// Containers (issue 17, point 5, in part): the admin token can come from the environment.
+#[test]
+fn the_admin_token_can_come_from_the_environment() {
+    let b = Backend::named("b");
+    let toml = config(
+        &[b.addr],
+        "round_robin",
+        &format!("{MONITORING}admin_token_env = \"DISPA_TEST_TOKEN\"\n"),
+    );
+    let path = write_config("token-env.toml", &toml);
+    let check = |token: Option<&str>| {
+        let mut c = Command::new(BIN);
+        c.args(["check", "-c"])
+            .arg(&path)
+            .env_remove("DISPA_TEST_TOKEN");
+        if let Some(t) = token {
+            c.env("DISPA_TEST_TOKEN", t);
+        }
+        c.output().unwrap()
+    };
+    let ok = check(Some("s3cret"));
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let missing = check(None);
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(
+            "monitoring.admin_token_env: environment variable DISPA_TEST_TOKEN is not set"
+        ),
+        "{err}"
+    );
+}
