@@ -539,12 +539,14 @@ fn targets(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> Option<Targe
     };
     let (algorithm, hash_key, hash_load_factor) = algorithm;
     let health_check = health_check(s.table("health_check", errors), errors);
+    let resolve_interval = s.duration("resolve_interval", Duration::from_secs(30), errors);
     s.finish(errors);
     Some(Targets {
         targets: list,
         algorithm,
         hash_key,
         hash_load_factor,
+        resolve_interval,
         health_check,
     })
 }
@@ -589,7 +591,7 @@ fn target(mut t: Section<'_>, errors: &mut Vec<FieldError>) -> Option<Target> {
 }
 
 /// The host of an authority (`[::1]:8443` → `::1`, `a.example:443` → `a.example`).
-fn host_of(authority: &str) -> &str {
+pub fn host_of(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }

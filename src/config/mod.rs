@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::balance::Algorithm;
-pub use file::{parse_duration_text, split_password};
+pub use file::{host_of, parse_duration_text, split_password};
 
 /// The most logging shards: `dispa traffic` attaches every shard's SQLite file to one
 /// connection, and Dispa's SQLite is built to allow 125 (`.cargo/config.toml`).
@@ -235,6 +235,8 @@ pub struct Targets {
     /// `consistent_hash`: what a request is keyed by, and ε of the load bound.
     pub hash_key: HashKey,
     pub hash_load_factor: f64,
+    /// How often target host names are looked up again (0: only when the config loads).
+    pub resolve_interval: std::time::Duration,
     pub health_check: HealthCheck,
 }
 

@@ -6,6 +6,7 @@
 //! request.
 
 mod api;
+mod dns;
 mod fleet;
 mod health;
 mod metrics;
@@ -111,6 +112,7 @@ pub(crate) struct State {
     started: Instant,
     all_down: bool,
     metrics: metrics::Metrics,
+    dns: dns::Resolver,
 }
 
 impl State {
@@ -268,6 +270,7 @@ pub fn start(parts: Parts, config_path: Option<PathBuf>) -> Result<Handle, Error
         last_reload: None,
         started: now,
         all_down: false,
+        dns: dns::Resolver::new(dns::system_lookup),
         metrics: metrics::Metrics::new(),
     };
     let thread = std::thread::Builder::new()
@@ -347,6 +350,13 @@ async fn run(
         }
         if changed {
             state.borrow_mut().republish();
+        }
+        {
+            let mut guard = state.borrow_mut();
+            let s = &mut *guard;
+            if let Some(next) = s.dns.tick(&s.fleet.snapshot().config, now) {
+                s.publish(next);
+            }
         }
         spawn_probes(&state, now);
         if signals::take_reload() {
