@@ -2,7 +2,7 @@
 //! 250 ms reports); at scrape time this module sets the `prometheus` crate's metrics in
 //! one registry from those totals and encodes them. Metric names live here, once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use prometheus::core::{Collector, Desc};
@@ -23,8 +23,9 @@ pub struct Totals {
     requests: HashMap<(String, String, u8), u64>,
     /// Requests per worker id.
     per_worker: HashMap<usize, u64>,
-    duration: Histogram,
-    upstream_duration: Histogram,
+    /// By target name ("" for none).
+    duration: BTreeMap<String, Histogram>,
+    upstream_duration: BTreeMap<String, Histogram>,
     tls_handshake: Histogram,
 }
 
@@ -45,8 +46,14 @@ impl Totals {
             n_total += n;
         }
         *self.per_worker.entry(r.worker).or_default() += n_total;
-        self.duration.merge(&r.duration);
-        self.upstream_duration.merge(&r.upstream_duration);
+        for (target, h) in r.duration {
+            self.duration.entry(target).or_default().merge(&h);
+        }
+        for (target, h) in r.upstream_duration {
+            if h.count() > 0 {
+                self.upstream_duration.entry(target).or_default().merge(&h);
+            }
+        }
         self.tls_handshake.merge(&r.tls_handshake);
     }
 }
@@ -114,12 +121,20 @@ impl Metrics {
     }
 }
 
-/// The two latency histograms: bucket counts summed from worker reports (the crate's own
+/// Request and upstream latency by target name, and TLS handshake time.
+type LatencyTotals = (
+    BTreeMap<String, Histogram>,
+    BTreeMap<String, Histogram>,
+    Histogram,
+);
+
+/// The latency histograms: bucket counts summed from worker reports (the crate's own
 /// histogram takes single observations, and these were observed on the workers).
 #[derive(Clone)]
 struct LatencyCollector {
-    /// Set before every gather (the control thread only; the lock is never contended).
-    totals: std::sync::Arc<Mutex<[Histogram; 3]>>,
+    /// Set before every gather (the control thread only; the lock is never contended):
+    /// request and upstream latency by target name, TLS handshakes.
+    totals: std::sync::Arc<Mutex<LatencyTotals>>,
     descs: Vec<Desc>,
 }
 
@@ -141,19 +156,32 @@ impl LatencyCollector {
         let desc = |(name, help): (&str, &str)| {
             Desc::new(name.into(), help.into(), Vec::new(), HashMap::new()).expect("valid name")
         };
+        let by_target = |(name, help): (&str, &str)| {
+            Desc::new(
+                name.into(),
+                help.into(),
+                vec!["target".into()],
+                HashMap::new(),
+            )
+            .expect("valid name")
+        };
         LatencyCollector {
             totals: Default::default(),
-            descs: vec![desc(DURATION), desc(UPSTREAM_DURATION), desc(TLS_HANDSHAKE)],
+            descs: vec![
+                by_target(DURATION),
+                by_target(UPSTREAM_DURATION),
+                desc(TLS_HANDSHAKE),
+            ],
         }
     }
 
     fn set(&self, totals: &Totals) {
         let mut h = self.totals.lock().unwrap_or_else(|e| e.into_inner());
-        *h = [
+        *h = (
             totals.duration.clone(),
             totals.upstream_duration.clone(),
             totals.tls_handshake.clone(),
-        ];
+        );
     }
 }
 
@@ -164,18 +192,30 @@ impl Collector for LatencyCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let h = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        let by_target = |m: &BTreeMap<String, Histogram>| -> Vec<proto::Metric> {
+            m.iter()
+                .map(|(target, hist)| {
+                    let mut metric = histogram(hist);
+                    let mut label = proto::LabelPair::default();
+                    label.set_name("target".into());
+                    label.set_value(if target.is_empty() { "none" } else { target }.into());
+                    metric.set_label(vec![label]);
+                    metric
+                })
+                .collect()
+        };
         [
-            (DURATION, &h[0]),
-            (UPSTREAM_DURATION, &h[1]),
-            (TLS_HANDSHAKE, &h[2]),
+            (DURATION, by_target(&h.0)),
+            (UPSTREAM_DURATION, by_target(&h.1)),
+            (TLS_HANDSHAKE, vec![histogram(&h.2)]),
         ]
         .into_iter()
-        .map(|((name, help), hist)| {
+        .map(|((name, help), metrics)| {
             let mut f = MetricFamily::default();
             f.set_name(name.to_string());
             f.set_help(help.to_string());
             f.set_field_type(proto::MetricType::HISTOGRAM);
-            f.set_metric(vec![histogram(hist)]);
+            f.set_metric(metrics);
             f
         })
         .collect()

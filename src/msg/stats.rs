@@ -163,8 +163,9 @@ impl Histogram {
 pub struct StatsReport {
     pub worker: usize,
     pub requests: Vec<(String, String, u8, u64)>,
-    pub duration: Histogram,
-    pub upstream_duration: Histogram,
+    /// By target name ("" for none).
+    pub duration: Vec<(String, Histogram)>,
+    pub upstream_duration: Vec<(String, Histogram)>,
     /// Client TLS handshakes that completed.
     pub tls_handshake: Histogram,
 }

@@ -208,7 +208,7 @@ impl Worker {
             });
         counts.drain_into(&mut report, &self.current().snapshot);
         if report.requests.is_empty()
-            && report.duration.count() == 0
+            && report.duration.is_empty()
             && report.tls_handshake.count() == 0
         {
             return;

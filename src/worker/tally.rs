@@ -17,8 +17,11 @@ pub struct RequestCounts {
     /// Requests that finished on an older snapshot than the worker's current one,
     /// labelled already (their indices would mean other names in the current one).
     labelled: Vec<(String, String, u8, u64)>,
-    duration: Histogram,
-    upstream_duration: Histogram,
+    /// Latency by target index of the current snapshot (the last slot: no target).
+    duration: Vec<Histogram>,
+    upstream_duration: Vec<Histogram>,
+    /// Latency of requests that finished on an older snapshot, by target name.
+    labelled_latency: Vec<(String, Histogram, Histogram)>,
     tls_handshake: Histogram,
 }
 
@@ -37,13 +40,25 @@ impl RequestCounts {
         let class = (status / 100) as u8;
         if current {
             *self.requests.entry((rule, target, class)).or_default() += 1;
+            let slots = snapshot.targets.len() + 1;
+            if self.duration.len() != slots {
+                self.duration.resize(slots, Histogram::default());
+                self.upstream_duration.resize(slots, Histogram::default());
+            }
+            let i = (target as usize).min(slots - 1);
+            self.duration[i].observe(total.as_secs_f64());
+            if let Some(u) = upstream {
+                self.upstream_duration[i].observe(u.as_secs_f64());
+            }
         } else {
-            let (domain, target) = labels(snapshot, rule, target);
-            self.labelled.push((domain, target, class, 1));
-        }
-        self.duration.observe(total.as_secs_f64());
-        if let Some(u) = upstream {
-            self.upstream_duration.observe(u.as_secs_f64());
+            let (domain, name) = labels(snapshot, rule, target);
+            self.labelled.push((domain, name.clone(), class, 1));
+            let (mut d, mut up) = (Histogram::default(), Histogram::default());
+            d.observe(total.as_secs_f64());
+            if let Some(u) = upstream {
+                up.observe(u.as_secs_f64());
+            }
+            self.labelled_latency.push((name, d, up));
         }
     }
 
@@ -60,8 +75,20 @@ impl RequestCounts {
             report.requests.push((domain, target, class, n));
         }
         report.requests.extend(self.labelled);
-        report.duration.merge(&self.duration);
-        report.upstream_duration.merge(&self.upstream_duration);
+        let slots = self
+            .duration
+            .iter()
+            .zip(&self.upstream_duration)
+            .enumerate();
+        for (i, (d, up)) in slots.filter(|(_, (d, _))| d.count() > 0) {
+            let (_, name) = labels(snapshot, NONE, i as u32);
+            report.duration.push((name.clone(), d.clone()));
+            report.upstream_duration.push((name, up.clone()));
+        }
+        for (name, d, up) in self.labelled_latency {
+            report.duration.push((name.clone(), d));
+            report.upstream_duration.push((name, up));
+        }
         report.tls_handshake.merge(&self.tls_handshake);
     }
 }

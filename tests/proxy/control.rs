@@ -399,18 +399,24 @@ fn metrics_move_with_traffic() {
     let unmatched =
         "dispa_requests_total{domain=\"unmatched\",status_class=\"4xx\",target=\"none\"}";
     assert_eq!(metric(&text, unmatched), Some(1.0));
+    // Latency by target (the 404 had none).
+    let count = |series: &str| metric(&text, series);
     assert_eq!(
-        metric(&text, "dispa_request_duration_seconds_count"),
-        Some(6.0)
+        count("dispa_request_duration_seconds_count{target=\"b0\"}"),
+        Some(5.0)
     );
     assert_eq!(
-        metric(&text, "dispa_upstream_duration_seconds_count"),
+        count("dispa_request_duration_seconds_count{target=\"none\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        count("dispa_upstream_duration_seconds_count{target=\"b0\"}"),
         Some(5.0)
     );
     // The buckets reach past the target's default response timeout (60 s).
     for le in ["60", "300"] {
-        let bucket = format!("dispa_request_duration_seconds_bucket{{le=\"{le}\"}}");
-        assert_eq!(metric(&text, &bucket), Some(6.0), "{text}");
+        let bucket = format!("dispa_request_duration_seconds_bucket{{target=\"b0\",le=\"{le}\"}}");
+        assert_eq!(metric(&text, &bucket), Some(5.0), "{text}");
     }
     assert_eq!(
         metric(&text, "dispa_target_healthy{target=\"b0\"}"),

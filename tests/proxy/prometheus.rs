@@ -48,6 +48,7 @@ fn dashboard_queries() -> Vec<String> {
                 .trim_end_matches('"')
                 .replace("\\\"", "\"")
                 .replace("$job", "dispa")
+                .replace("$instance", ".+")
         })
         .collect()
 }
