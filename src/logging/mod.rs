@@ -140,6 +140,10 @@ pub struct SinkError {
     pub op: &'static str,
     pub path: std::path::PathBuf,
     pub cause: String,
+    /// The store refused these records for what they hold (not for its own state): the
+    /// batch would fail the same way forever, so it is counted as lost and the batches
+    /// behind it go on.
+    pub refused: bool,
 }
 
 impl SinkError {
@@ -148,6 +152,7 @@ impl SinkError {
             op,
             path: path.to_path_buf(),
             cause: cause.to_string(),
+            refused: false,
         }
     }
 }
@@ -217,6 +222,17 @@ impl Backlog {
                         tracing::info!(sink = self.name, "traffic record sink recovered");
                         c.set_failing(None);
                     }
+                }
+                Err(e) if e.refused => {
+                    c.errors.inc();
+                    tracing::error!(
+                        sink = self.name,
+                        records = batch.len(),
+                        "traffic records refused by the store, counted as lost: {e}"
+                    );
+                    c.lost.add(batch.len() as u64);
+                    self.records -= batch.len();
+                    self.batches.pop_front();
                 }
                 Err(e) => {
                     c.errors.inc();

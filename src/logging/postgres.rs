@@ -184,7 +184,14 @@ impl PgSink {
                 tracing::debug!(seq, "batch was written before; not again");
                 Ok(())
             }
-            Err(Failed::Db(e)) => Err(SinkError::new("copy into", &url, describe(&e))),
+            Err(Failed::Db(e)) => {
+                // A data exception (class 22: say a character the database's encoding
+                // cannot hold) fails this batch every time; anything else may pass.
+                let refused = e.code().is_some_and(|c| c.code().starts_with("22"));
+                let mut err = SinkError::new("copy into", &url, describe(&e));
+                err.refused = refused;
+                Err(err)
+            }
             Err(Failed::Io(e)) => Err(SinkError::new("copy into", &url, e)),
         }
     }

@@ -503,3 +503,57 @@ fn pg_keeps_captured_headers_and_bodies_byte_for_byte() {
          00ff63640965|http|t|0|t"
     );
 }
+
+/// A batch the database refuses for what it holds (here a character a LATIN1 database
+/// cannot store) is counted as lost, and the batches after it are written: it does not
+/// stall the sink.
+#[test]
+fn pg_a_batch_refused_for_its_data_is_counted_lost_and_the_next_ones_go_in() {
+    let pg = PgServer::start();
+    pg.psql(
+        "CREATE DATABASE latin1db ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+    );
+    let b = Backend::named("b");
+    let url = pg.url(PASSWORD).replace("/postgres", "/latin1db");
+    let (child, proxy, status, _) = spawn_binary(&pg_config(b.addr, &url, "edge-1", ""));
+    let ua = |text: &str| {
+        format!("GET /{text} HTTP/1.1\r\nHost: example.com\r\nUser-Agent: {text}\r\n\r\n")
+    };
+    assert_eq!(raw(proxy, ua("plain").as_bytes()).status, 200);
+    let lost = || {
+        let h = call(status, "GET", "/health").text();
+        h.contains("\"lost_database\":1")
+    };
+    // Its own batch (flushes every 50 ms), then one the database cannot hold.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(raw(proxy, ua("中文").as_bytes()).status, 200);
+    assert!(
+        eventually(Duration::from_secs(10), lost),
+        "{}",
+        call(status, "GET", "/health").text()
+    );
+    assert_eq!(raw(proxy, ua("after").as_bytes()).status, 200);
+    stop(child);
+    let db = |sql: &str| {
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.port.to_string(),
+                "-U",
+                "dispa",
+                "-d",
+                "latin1db",
+            ])
+            .args(["-tA", "-c", sql])
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        db("SELECT string_agg(user_agent, ',' ORDER BY ts_ms) FROM requests"),
+        "plain,after"
+    );
+}
