@@ -159,23 +159,59 @@ const LINE_COLUMNS: &str =
 
 /// A row of [`LINE_COLUMNS`] as its rowid and its line.
 fn line(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String)> {
-    let (path, query): (String, String) = (r.get(5)?, r.get(6)?);
-    let target: String = r.get(7)?;
-    let mut line = format!(
-        "{} {} {} {}{path}{}{query} -> {} {:.3}ms id={}",
-        rfc3339_ms(r.get::<_, i64>(1)? as u64),
-        r.get::<_, u16>(2)?,
-        r.get::<_, String>(3)?,
-        r.get::<_, String>(4)?,
-        if query.is_empty() { "" } else { "?" },
-        if target.is_empty() { "-" } else { &target },
-        r.get::<_, i64>(8)? as f64 / 1000.0,
-        r.get::<_, String>(9)?,
-    );
-    if let Some(e) = r.get::<_, Option<String>>(10)? {
-        let _ = write!(line, " error={e}");
+    let shown = Line {
+        ts_ms: r.get(1)?,
+        status: r.get(2)?,
+        method: r.get(3)?,
+        host: r.get(4)?,
+        path: r.get(5)?,
+        query: r.get(6)?,
+        target: r.get(7)?,
+        duration_us: r.get(8)?,
+        id: r.get(9)?,
+        error: r.get(10)?,
+    };
+    Ok((r.get(0)?, shown.to_string()))
+}
+
+/// One request as `dispa traffic tail` prints it, whichever store it came from.
+pub(crate) struct Line {
+    pub ts_ms: i64,
+    pub status: i64,
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    pub query: String,
+    pub target: String,
+    pub duration_us: i64,
+    pub id: String,
+    pub error: Option<String>,
+}
+
+impl std::fmt::Display for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Line { path, query, .. } = self;
+        write!(
+            f,
+            "{} {} {} {}{path}{}{query} -> {} {:.3}ms id={}",
+            rfc3339_ms(self.ts_ms as u64),
+            self.status,
+            self.method,
+            self.host,
+            if query.is_empty() { "" } else { "?" },
+            if self.target.is_empty() {
+                "-"
+            } else {
+                &self.target
+            },
+            self.duration_us as f64 / 1000.0,
+            self.id,
+        )?;
+        match &self.error {
+            Some(e) => write!(f, " error={e}"),
+            None => Ok(()),
+        }
     }
-    Ok((r.get(0)?, line))
 }
 
 /// The latest `limit` requests matching `filter`, oldest first, with their rowids.

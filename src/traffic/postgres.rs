@@ -9,8 +9,7 @@ use std::time::Duration;
 use postgres::types::ToSql;
 use postgres::{Client, Row};
 
-use super::{By, Filter, summary_header, summary_line};
-use crate::clock::rfc3339_ms;
+use super::{By, Filter, Line, summary_header, summary_line};
 use crate::config::Postgres;
 
 /// Connect for reading (the schema is left as it is).
@@ -67,23 +66,19 @@ const LINE_COLUMNS: &str =
 
 /// A row of [`LINE_COLUMNS`] as `dispa traffic tail` prints it (as from SQLite).
 fn line(r: &Row) -> String {
-    let (path, query): (String, String) = (r.get(4), r.get(5));
-    let target: String = r.get(6);
-    let mut line = format!(
-        "{} {} {} {}{path}{}{query} -> {} {:.3}ms id={}",
-        rfc3339_ms(r.get::<_, i64>(0) as u64),
-        r.get::<_, i32>(1),
-        r.get::<_, String>(2),
-        r.get::<_, String>(3),
-        if query.is_empty() { "" } else { "?" },
-        if target.is_empty() { "-" } else { &target },
-        r.get::<_, i64>(7) as f64 / 1000.0,
-        r.get::<_, String>(8),
-    );
-    if let Some(e) = r.get::<_, Option<String>>(9) {
-        let _ = write!(line, " error={e}");
+    Line {
+        ts_ms: r.get(0),
+        status: i64::from(r.get::<_, i32>(1)),
+        method: r.get(2),
+        host: r.get(3),
+        path: r.get(4),
+        query: r.get(5),
+        target: r.get(6),
+        duration_us: r.get(7),
+        id: r.get(8),
+        error: r.get(9),
     }
-    line
+    .to_string()
 }
 
 /// The latest `limit` requests matching `filter`, oldest first, one line each.
