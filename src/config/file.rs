@@ -271,19 +271,12 @@ fn server(s: Option<Section<'_>>, errors: &mut Vec<FieldError>) -> (Server, Seed
         None => default_bind(),
     };
     let workers = s.uint("workers", 0, 0, 1024, errors) as usize;
-    let io_driver = match s.string("io_driver", errors).as_deref() {
-        None | Some("auto") => IoDriver::Auto,
-        Some("io_uring") => IoDriver::IoUring,
-        Some("legacy") | Some("epoll") => IoDriver::Legacy,
-        Some(_) => {
-            s.error(
-                errors,
-                "io_driver",
-                "expected \"auto\", \"io_uring\" or \"legacy\"",
-            );
-            IoDriver::Auto
-        }
-    };
+    let drivers: [(&[&str], IoDriver); 3] = [
+        (&["auto"], IoDriver::Auto),
+        (&["io_uring"], IoDriver::IoUring),
+        (&["legacy", "epoll"], IoDriver::Legacy),
+    ];
+    let io_driver = s.choice("io_driver", &drivers, IoDriver::Auto, errors);
     let mut uring = UringFlags::default();
     let flags = s
         .strings("uring_flags", errors)
