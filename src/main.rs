@@ -432,16 +432,7 @@ fn run_traffic(
     // Run a read-only query on the store and print what it gives.
     let query = |run: &dyn Fn(&rusqlite::Connection) -> rusqlite::Result<String>| {
         let out = traffic::open(&path).and_then(|conn| run(&conn));
-        match out {
-            Ok(text) => {
-                println!("{}", text.trim_end());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{}: {e}", path.display());
-                ExitCode::from(1)
-            }
-        }
+        print_outcome(out.map_err(|e| format!("{}: {e}", path.display())))
     };
     match what {
         TrafficCommand::Generate { records, span } => generate(&path, records, &span),
@@ -503,16 +494,7 @@ fn run_traffic_postgres(
         TrafficCommand::Tail {
             lines,
             follow: true,
-        } => {
-            use std::io::Write;
-            let mut stdout = std::io::stdout().lock();
-            let emit = |line: &str| {
-                writeln!(stdout, "{line}")
-                    .and_then(|()| stdout.flush())
-                    .is_ok()
-            };
-            pg::follow(&mut client, filter, lines, emit).map(|()| String::new())
-        }
+        } => pg::follow(&mut client, filter, lines, print_line).map(|()| String::new()),
         TrafficCommand::Tail { lines, .. } => pg::tail(&mut client, filter, lines),
         TrafficCommand::Sql { query } => pg::sql(&mut client, &query),
         TrafficCommand::Summary { by_domain } => {
@@ -524,27 +506,36 @@ fn run_traffic_postgres(
             pg::summary(&mut client, filter, by)
         }
     };
+    print_outcome(
+        out.map_err(|e| format!("{}: {}", store.url, dispa::logging::postgres::describe(&e))),
+    )
+}
+
+/// What a `dispa traffic` query gave: its text on stdout (exit 0), or the error (exit 1).
+fn print_outcome(out: Result<String, String>) -> ExitCode {
     match out {
         Ok(text) => {
             println!("{}", text.trim_end());
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("{}: {}", store.url, dispa::logging::postgres::describe(&e));
+            eprintln!("{e}");
             ExitCode::from(1)
         }
     }
 }
 
-fn follow(path: &Path, filter: &traffic::Filter, lines: usize) -> ExitCode {
+/// `tail -f`'s output: one line, flushed at once; false when stdout is gone.
+fn print_line(line: &str) -> bool {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
-    let emit = |line: &str| {
-        writeln!(stdout, "{line}")
-            .and_then(|()| stdout.flush())
-            .is_ok()
-    };
-    match traffic::follow(path, filter, lines, emit) {
+    writeln!(stdout, "{line}")
+        .and_then(|()| stdout.flush())
+        .is_ok()
+}
+
+fn follow(path: &Path, filter: &traffic::Filter, lines: usize) -> ExitCode {
+    match traffic::follow(path, filter, lines, print_line) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{}: {e}", path.display());

@@ -108,7 +108,7 @@ impl PgSink {
             settings,
             retention_days,
             client: None,
-            boot: process_start_ms(),
+            boot: batch_origin(),
             shard: shard as i32,
             ready: (i64::MAX, i64::MIN),
             text: Vec::new(),
@@ -405,7 +405,7 @@ fn day_of_name(s: &str) -> Option<i64> {
 
 /// This process in batch ids: its start (Unix ms) times 2^22, plus its pid (two Dispas on
 /// one host, of one `instance`, started in the same millisecond still differ).
-fn process_start_ms() -> i64 {
+fn batch_origin() -> i64 {
     static START: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     *START.get_or_init(|| {
         let ms = ms_of(SystemTime::now()) as i64;

@@ -131,6 +131,11 @@ impl PgServer {
 
     /// Run `sql` with psql; its rows, unaligned, `|` between columns.
     pub fn psql(&self, sql: &str) -> String {
+        self.psql_in("postgres", sql)
+    }
+
+    /// [`PgServer::psql`] in database `db`.
+    pub fn psql_in(&self, db: &str, sql: &str) -> String {
         let out = Command::new("psql")
             .args([
                 "-h",
@@ -140,7 +145,7 @@ impl PgServer {
                 "-U",
                 "dispa",
             ])
-            .args(["-d", "postgres", "-tA", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .args(["-d", db, "-tA", "-v", "ON_ERROR_STOP=1", "-c", sql])
             .env("PGPASSWORD", PASSWORD)
             .output()
             .unwrap();
@@ -534,26 +539,6 @@ fn pg_a_batch_refused_for_its_data_is_counted_lost_and_the_next_ones_go_in() {
     );
     assert_eq!(raw(proxy, ua("after").as_bytes()).status, 200);
     stop(child);
-    let db = |sql: &str| {
-        let out = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &pg.port.to_string(),
-                "-U",
-                "dispa",
-                "-d",
-                "latin1db",
-            ])
-            .args(["-tA", "-c", sql])
-            .env("PGPASSWORD", PASSWORD)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    assert_eq!(
-        db("SELECT string_agg(user_agent, ',' ORDER BY ts_ms) FROM requests"),
-        "plain,after"
-    );
+    let agents = "SELECT string_agg(user_agent, ',' ORDER BY ts_ms) FROM requests";
+    assert_eq!(pg.psql_in("latin1db", agents), "plain,after");
 }
