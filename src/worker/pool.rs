@@ -64,6 +64,13 @@ impl Gate {
         limit == 0 || self.open.get() < limit
     }
 
+    /// More are open than a limit lowered since allows: a closing or returning
+    /// connection then frees its place instead of handing it on.
+    fn over_limit(&self) -> bool {
+        let limit = self.limit.get();
+        limit != 0 && self.open.get() > limit
+    }
+
     /// Hand places freed by a raised limit to waiting requests.
     fn admit_waiters(self: &Rc<Self>) {
         while self.has_room() {
@@ -83,10 +90,11 @@ pub struct Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         let gate = &self.gate;
-        let limit = gate.limit.get();
-        // Over a lowered limit the place is freed, not handed on.
-        let over = limit != 0 && gate.open.get() > limit;
-        let next = if over { None } else { gate.next_waiter() };
+        let next = if gate.over_limit() {
+            None
+        } else {
+            gate.next_waiter()
+        };
         match next {
             Some(w) => w.grant(Grant::Room(Permit { gate: gate.clone() })),
             None => gate.open.set(gate.open.get().saturating_sub(1)),
@@ -210,9 +218,8 @@ impl Pool {
     /// kept idle, else (the target has `max_idle`, or is no longer configured) closed.
     pub fn put(&self, id: u64, mut stream: Stream, permit: Permit) {
         let gate = &permit.gate;
-        let limit = gate.limit.get();
         // Over a lowered limit: close it (the permit's drop frees its place).
-        if limit != 0 && gate.open.get() > limit {
+        if gate.over_limit() {
             return;
         }
         if let Some(w) = gate.next_waiter() {
