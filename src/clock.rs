@@ -100,6 +100,72 @@ pub fn push_rfc3339_ms(out: &mut Vec<u8>, unix_ms: u64) {
     out.push(b'Z');
 }
 
+/// A point in time given on the command line, as Unix milliseconds: Unix milliseconds
+/// themselves, a date (`2026-11-30`, midnight UTC), or RFC 3339 (`2026-11-30T10:00:00Z`,
+/// `2026-11-30T10:00:00.250+01:00`; a space may stand for the `T`).
+pub fn parse_time_ms(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().ok();
+    }
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = b.get(r)?;
+        if part.iter().all(u8::is_ascii_digit) {
+            std::str::from_utf8(part).ok()?.parse().ok()
+        } else {
+            None
+        }
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') || !(1..=12).contains(&mo) {
+        return None;
+    }
+    if !(1..=31).contains(&d) {
+        return None;
+    }
+    let day = days_from_civil(y, mo as u32, d as u32);
+    if b.len() == 10 {
+        return u64::try_from(day * 86_400_000).ok();
+    }
+    if !matches!(b.get(10), Some(b'T' | b't' | b' ')) || b.get(13) != Some(&b':') {
+        return None;
+    }
+    let (h, mi) = (num(11..13)?, num(14..16)?);
+    let sec = if b.get(16) == Some(&b':') {
+        num(17..19)?
+    } else {
+        return None;
+    };
+    if h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut at = 19;
+    let mut ms = 0;
+    if b.get(at) == Some(&b'.') {
+        let digits = b[at + 1..]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count();
+        if digits == 0 {
+            return None;
+        }
+        let frac = &s[at + 1..at + 1 + digits.min(3)];
+        ms = frac.parse::<i64>().ok()? * 10_i64.pow(3 - frac.len() as u32);
+        at += 1 + digits;
+    }
+    let offset_min = match b.get(at..)? {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), ..] if b.len() == at + 6 && b[at + 3] == b':' => {
+            let m = num(at + 1..at + 3)? * 60 + num(at + 4..at + 6)?;
+            if *sign == b'+' { m } else { -m }
+        }
+        _ => return None,
+    };
+    let secs = day * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60;
+    u64::try_from(secs * 1000 + ms).ok()
+}
+
 /// `20261126T052107Z`, for file names that sort by time.
 pub fn compact_utc(unix_secs: u64) -> String {
     let (y, mo, d, h, mi, s) = utc(unix_secs);
@@ -119,6 +185,27 @@ mod tests {
         for day in [-800_000, -1, 0, 1, 11_016, 20_787, 2_000_000] {
             let (y, m, d) = civil_from_days(day);
             assert_eq!(days_from_civil(y, m, d), day);
+        }
+    }
+
+    #[test]
+    fn parses_command_line_times() {
+        let at = 1_795_670_066_712;
+        assert_eq!(parse_time_ms("1795670066712"), Some(at));
+        assert_eq!(parse_time_ms("2026-11-26T05:14:26.712Z"), Some(at));
+        assert_eq!(parse_time_ms("2026-11-26 05:14:26.712Z"), Some(at));
+        assert_eq!(parse_time_ms("2026-11-26T06:14:26.712+01:00"), Some(at));
+        assert_eq!(parse_time_ms("2026-11-26T05:14:26Z"), Some(at - 712));
+        assert_eq!(parse_time_ms("2026-11-26T05:14:26.7Z"), Some(at - 12));
+        assert_eq!(parse_time_ms("2026-11-26"), Some(at - 18_866_712));
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-01",
+            "2026-11-26T05:14Z",
+            "2026-11-26T05:14:26",
+        ] {
+            assert_eq!(parse_time_ms(bad), None, "{bad}");
         }
     }
 }

@@ -8,6 +8,8 @@
 //!   lock-free in-flight counters; they receive new [`config::Snapshot`]s as
 //!   [`msg::WorkerMsg`] on their own channel.
 //! - `demo` runs two small local backends for a first try.
+//! - `traffic` reads the record; `replay` sends recorded requests again and compares the
+//!   answers, or serves recorded responses as a mock (its own process).
 // The worker fence (clippy.toml) applies to src/worker/ only.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 // Every unsafe block says why it is sound.
@@ -31,6 +33,7 @@ pub mod http;
 pub mod io;
 pub mod logging;
 pub mod msg;
+pub mod replay;
 pub mod route;
 pub mod sched;
 pub mod tls;

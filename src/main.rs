@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use dispa::control::{self, signals};
-use dispa::{boot, config, demo, traffic};
+use dispa::{boot, config, demo, replay, traffic};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -91,6 +91,20 @@ enum Command {
         /// Only requests of the last DURATION ("15m", "2h", "30s", "1d").
         #[arg(long, global = true)]
         since: Option<String>,
+        /// Only requests from this time on (RFC 3339, a date, or Unix milliseconds).
+        #[arg(long, global = true, value_name = "TIME")]
+        from: Option<String>,
+        /// Only requests before this time.
+        #[arg(long, global = true, value_name = "TIME")]
+        until: Option<String>,
+    },
+    /// Send recorded requests again to a target and compare the answers with the
+    /// recorded ones; or, with --serve, answer with the recorded responses (a mock).
+    Replay {
+        #[command(flatten)]
+        args: Box<replay::cli::Args>,
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
@@ -175,6 +189,8 @@ fn main() -> ExitCode {
             status,
             target,
             since,
+            from,
+            until,
         }) => {
             let since = match since.as_deref().map(parse_since).transpose() {
                 Ok(s) => s,
@@ -183,14 +199,32 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            let time = |flag: &str, t: Option<String>| {
+                match t {
+                None => Ok(None),
+                Some(t) => dispa::clock::parse_time_ms(&t).map(Some).ok_or_else(|| {
+                    format!("--{flag}: expected 2026-11-30T10:00:00Z, a date, or Unix milliseconds: {t:?}")
+                }),
+            }
+            };
+            let (from_ms, until_ms) = match (time("from", from), time("until", until)) {
+                (Ok(f), Ok(u)) => (f, u),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
             let filter = traffic::Filter {
                 host,
                 status,
                 target,
                 since,
+                from_ms,
+                until_ms,
             };
             run_traffic(&config_of(&config), db, &filter, what)
         }
+        Some(Command::Replay { args, config }) => run_replay(*args, &config_of(&config)),
         None => run(&cli.config, run_args.workers),
     }
 }
@@ -540,6 +574,72 @@ fn follow(path: &Path, filter: &traffic::Filter, lines: usize) -> ExitCode {
         Err(e) => {
             eprintln!("{}: {e}", path.display());
             ExitCode::from(1)
+        }
+    }
+}
+
+/// `dispa replay`: exit 0 (within --max-diff-ratio), 1 (more differed), 2 (could not
+/// replay: usage, store, target).
+fn run_replay(args: replay::cli::Args, config_path: &Path) -> ExitCode {
+    let store = || match config::load(config_path) {
+        Ok(c) => Ok(match c.logging.database.postgres {
+            Some(pg) => replay::source::Store::Postgres(pg),
+            None => replay::source::Store::Sqlite(c.logging.database.path),
+        }),
+        Err(e) => Err(format!(
+            "{}: {e} (or give the store with --db)",
+            config_path.display()
+        )),
+    };
+    let mode = match args.into_mode(store) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match mode {
+        replay::cli::Mode::Mock(opts) => {
+            let served = replay::mock::serve(*opts, |addr, served, left_out| {
+                use std::io::Write;
+                println!(
+                    "serving {served} recorded responses on {addr} ({left_out} records left out: no answer, or a body not kept whole)"
+                );
+                let _ = std::io::stdout().flush();
+            });
+            match served {
+                Ok(s) => {
+                    println!("served {} recorded responses, {} misses", s.hits, s.misses);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        replay::cli::Mode::Replay(opts) => {
+            let to_stdout = opts.report.as_deref() == Some(Path::new("-"));
+            match replay::run(*opts) {
+                Ok((report, passed)) => {
+                    let table = replay::report::table(&report);
+                    // With the JSON on standard output, the table goes to standard error.
+                    if to_stdout {
+                        eprint!("{table}");
+                    } else {
+                        print!("{table}");
+                    }
+                    if passed {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+            }
         }
     }
 }

@@ -20,6 +20,7 @@ mod proxy {
     pub mod postgres;
     pub mod prometheus;
     pub mod recording;
+    pub mod replay;
     pub mod routing;
     pub mod slow_clients;
     pub mod smuggling;

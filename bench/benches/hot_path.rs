@@ -133,6 +133,7 @@ fn record() -> TrafficRecord {
     TrafficRecord {
         start_ms: 1_795_670_066_712,
         client: "198.51.100.23".parse().unwrap(),
+        conn: 1,
         worker: 0,
         version_minor: 1,
         tls: 0,

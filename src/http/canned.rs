@@ -3,11 +3,22 @@
 
 use super::encode::push_u64;
 
-/// Reason phrases for the statuses Dispa generates (the proxy and the status API).
+/// Reason phrases for the statuses Dispa generates (the proxy, the status API, and
+/// `dispa replay --serve`, which answers recorded statuses).
 pub fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -16,7 +27,11 @@ pub fn reason(status: u16) -> &'static str {
         408 => "Request Timeout",
         413 => "Content Too Large",
         414 => "URI Too Long",
+        409 => "Conflict",
+        410 => "Gone",
         417 => "Expectation Failed",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",

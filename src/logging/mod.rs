@@ -706,6 +706,7 @@ mod speed {
         TrafficRecord {
             start_ms: 1_795_670_066_712 + i,
             client: "127.0.0.1".parse().unwrap(),
+            conn: i / 4,
             worker: 0,
             version_minor: 1,
             tls: 0,

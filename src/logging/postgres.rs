@@ -28,10 +28,10 @@ use crate::msg::{RecordText, TrafficRecord};
 const COLUMNS: &str = "id, ts_ms, client, worker, method, scheme, host, path, query, version, \
      user_agent, request_bytes, status, response_bytes, target, target_addr, duration_us, \
      upstream_us, upstream_reused, retries, error, request_headers, response_headers, \
-     request_body, response_body, sni, tls_version, instance";
+     request_body, response_body, sni, tls_version, instance, conn";
 
 /// Schema versions, in order; version N is `MIGRATIONS[N - 1]` applied.
-pub const MIGRATIONS: [&str; 3] = [
+pub const MIGRATIONS: [&str; 4] = [
     // 1: the rows (the columns of SQLite's `requests` view), partitioned by day on ts_ms,
     // and the batch ids that keep a batch from being written twice.
     "CREATE TABLE requests (
@@ -78,6 +78,8 @@ pub const MIGRATIONS: [&str; 3] = [
      CREATE INDEX requests_instance_ts ON requests (instance, ts_ms);",
     // 3: retention deletes old batch ids by time.
     "CREATE INDEX dispa_batches_ts ON dispa_batches (ts_ms);",
+    // 4: the client connection a request came on (`dispa replay` keeps its order).
+    "ALTER TABLE requests ADD COLUMN conn bigint;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -440,7 +442,7 @@ fn push_row(out: &mut Vec<u8>, r: &TrafficRecord, instance: &str) {
         let len = (out.len() - at - 4) as i32;
         out[at..at + 4].copy_from_slice(&len.to_be_bytes());
     }
-    out.extend_from_slice(&28i16.to_be_bytes());
+    out.extend_from_slice(&29i16.to_be_bytes());
     text(out, r.field(Id).as_bytes());
     i8b(out, r.start_ms as i64);
     framed(out, |o| push_ip(o, r.client));
@@ -511,6 +513,7 @@ fn push_row(out: &mut Vec<u8>, r: &TrafficRecord, instance: &str) {
         _ => null(out),
     }
     text(out, instance.as_bytes());
+    i8b(out, r.conn as i64);
 }
 
 #[cfg(test)]

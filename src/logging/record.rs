@@ -154,6 +154,7 @@ pub fn json_line(out: &mut Vec<u8>, r: &TrafficRecord) {
     out.extend_from_slice(b",\"client\":\"");
     push_ip(out, r.client);
     out.push(b'"');
+    json_num(out, b"conn", r.conn);
     json_num(out, b"worker", u64::from(r.worker));
     json_text(out, b"method", r.field(Method));
     out.extend_from_slice(match r.tls {

@@ -162,6 +162,34 @@ const MIGRATIONS: &[&str] = &[
                CASE r.tls WHEN 13 THEN 'TLSv1.3' WHEN 12 THEN 'TLSv1.2' END AS tls_version
         FROM request_rows r;
 ",
+    // Version 7: the client connection a request came on (`conn`, issue 18): `dispa
+    // replay` keeps the requests of one connection in order on one connection. NULL in
+    // rows written before.
+    "
+    ALTER TABLE request_rows ADD COLUMN conn INTEGER;
+    DROP VIEW requests;
+    CREATE VIEW requests AS
+        SELECT r.rowid AS rowid, r.id, r.ts_ms,
+               (SELECT text FROM strings WHERE id = r.client) AS client,
+               r.worker,
+               (SELECT text FROM strings WHERE id = r.method) AS method,
+               CASE WHEN r.tls IS NULL THEN 'http' ELSE 'https' END AS scheme,
+               (SELECT text FROM strings WHERE id = r.host) AS host,
+               r.path, r.query,
+               CASE r.version WHEN 1 THEN 'HTTP/1.1' WHEN 0 THEN 'HTTP/1.0' ELSE '' END
+                   AS version,
+               (SELECT text FROM strings WHERE id = r.user_agent) AS user_agent,
+               r.request_bytes, r.status, r.response_bytes,
+               (SELECT text FROM strings WHERE id = r.target) AS target,
+               (SELECT text FROM strings WHERE id = r.target_addr) AS target_addr,
+               r.duration_us, r.upstream_us, r.upstream_reused, r.retries,
+               (SELECT text FROM strings WHERE id = r.error) AS error,
+               r.request_headers, r.response_headers, r.request_body, r.response_body,
+               (SELECT text FROM strings WHERE id = r.sni) AS sni,
+               CASE r.tls WHEN 13 THEN 'TLSv1.3' WHEN 12 THEN 'TLSv1.2' END AS tls_version,
+               r.conn
+        FROM request_rows r;
+",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -170,9 +198,9 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 const COLUMNS: &str = "id, ts_ms, client, worker, method, host, path, query, version, user_agent, \
      request_bytes, status, response_bytes, target, target_addr, duration_us, upstream_us, \
      upstream_reused, retries, error, request_headers, response_headers, request_body, \
-     response_body, tls, sni";
+     response_body, tls, sni, conn";
 /// Parameters per row.
-const PARAMS: usize = 26;
+const PARAMS: usize = 27;
 
 /// Rows per `INSERT` statement: a statement's setup (cursors on the table and its
 /// indexes, the bindings' reset) is paid once for all of them. `OR FAIL` because a
@@ -419,6 +447,7 @@ fn bind_row(
         &capture.map(|c| &c.response_body[..]),
         &tls,
         &sni,
+        &(r.conn as i64),
     ];
     for (i, v) in values.into_iter().enumerate() {
         insert.raw_bind_parameter(at + i + 1, v)?;
@@ -710,6 +739,7 @@ fn made_up_record(i: u64, ts_ms: u64, x: u64) -> TrafficRecord {
     TrafficRecord {
         start_ms: ts_ms,
         client: std::net::IpAddr::from([10, 0, ((x >> 32) % 256) as u8, ((x >> 40) % 256) as u8]),
+        conn: i / 8,
         worker: ((x >> 48) % 4) as u16,
         version_minor: 1,
         tls: 0,

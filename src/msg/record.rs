@@ -79,6 +79,9 @@ pub struct TrafficRecord {
     /// Start of the request (complete head), Unix milliseconds.
     pub start_ms: u64,
     pub client: std::net::IpAddr,
+    /// The client connection it came on (unique per process and worker; requests of one
+    /// connection share it, in order).
+    pub conn: u64,
     pub worker: u16,
     /// 0 or 1 for HTTP/1.0 and HTTP/1.1; `u8::MAX` when the head could not be parsed.
     pub version_minor: u8,
@@ -148,6 +151,7 @@ pub(crate) mod tests {
         TrafficRecord {
             start_ms: 0,
             client: std::net::Ipv4Addr::LOCALHOST.into(),
+            conn: 0,
             worker: 0,
             version_minor: 1,
             status: 200,

@@ -22,11 +22,14 @@ pub struct Filter {
     pub target: Option<String>,
     /// Only requests that started within this long before now.
     pub since: Option<Duration>,
+    /// Only requests that started at or after this time, and before `until` (Unix ms).
+    pub from_ms: Option<u64>,
+    pub until_ms: Option<u64>,
 }
 
 impl Filter {
     /// The filter on the rows.
-    fn clause(&self) -> (String, Vec<Value>) {
+    pub(crate) fn clause(&self) -> (String, Vec<Value>) {
         self.clause_on(false)
     }
 
@@ -63,6 +66,17 @@ impl Filter {
                 false => ("ts_ms", from_ms),
             };
             sql += &format!(" AND {column} >= ?");
+            args.push(Value::Integer(value));
+        }
+        // A minute's rollup holds requests of the whole minute: the minutes that overlap.
+        for (bound, op, ms) in [("from", ">=", self.from_ms), ("until", "<", self.until_ms)] {
+            let Some(ms) = ms else { continue };
+            let (column, value) = match (rollups, bound) {
+                (false, _) => ("ts_ms", ms as i64),
+                (true, "from") => ("minute", ms as i64 / 60_000),
+                (true, _) => ("minute", (ms as i64 + 59_999) / 60_000),
+            };
+            sql += &format!(" AND {column} {op} ?");
             args.push(Value::Integer(value));
         }
         (sql, args)

@@ -29,10 +29,10 @@ pub fn from_url(url: &str) -> Postgres {
     }
 }
 
-type Args = Vec<Box<dyn ToSql + Sync>>;
+pub(crate) type Args = Vec<Box<dyn ToSql + Sync>>;
 
 impl Filter {
-    fn pg_clause(&self) -> (String, Args) {
+    pub(crate) fn pg_clause(&self) -> (String, Args) {
         let mut sql = String::from(" WHERE true");
         let mut args: Args = Vec::new();
         let mut arg = |sql: &mut String, column: &str, v: Box<dyn ToSql + Sync>| {
@@ -53,11 +53,17 @@ impl Filter {
             let from_ms = now.saturating_sub(since).as_millis() as i64;
             arg(&mut sql, "ts_ms >=", Box::new(from_ms));
         }
+        if let Some(ms) = self.from_ms {
+            arg(&mut sql, "ts_ms >=", Box::new(ms as i64));
+        }
+        if let Some(ms) = self.until_ms {
+            arg(&mut sql, "ts_ms <", Box::new(ms as i64));
+        }
         (sql, args)
     }
 }
 
-fn refs(args: &Args) -> Vec<&(dyn ToSql + Sync)> {
+pub(crate) fn refs(args: &Args) -> Vec<&(dyn ToSql + Sync)> {
     args.iter().map(|a| a.as_ref()).collect()
 }
 

@@ -40,13 +40,15 @@ pub struct Client {
     /// The client's IP, and as text for `X-Forwarded-For` (formatted once per connection).
     pub ip: IpAddr,
     pub ip_text: Vec<u8>,
+    /// This connection's id in the traffic record (`Worker::new_conn_id`).
+    pub conn: u64,
     /// Dispa answered and is closing while the client may still be sending: close
     /// gracefully so that unread bytes do not turn the close into a reset.
     pub linger: bool,
 }
 
 impl Client {
-    pub fn new(stream: Stream, ip: IpAddr) -> Self {
+    pub fn new(stream: Stream, ip: IpAddr, conn: u64) -> Self {
         // A TLS connection had it set before its handshake.
         if let Stream::Plain(tcp) = &stream {
             let _ = tcp.set_nodelay(true);
@@ -62,6 +64,7 @@ impl Client {
             rbuf: ReadBuf::with_capacity(BUF_START),
             ip,
             ip_text: ip.to_string().into_bytes(),
+            conn,
             linger: false,
         }
     }

@@ -66,7 +66,7 @@ pub async fn serve(worker: Rc<Worker>, stream: Stream, peer: SocketAddr) {
     let slot = worker.open_sockets().borrow_mut().insert(fd);
     let mut conn = Conn {
         worker: worker.clone(),
-        client: Client::new(stream, peer.ip()),
+        client: Client::new(stream, peer.ip(), worker.new_conn_id()),
         ubuf: ReadBuf::with_capacity(0),
         out: Vec::with_capacity(OUT_KEEP),
         captures: Captures::default(),
@@ -134,8 +134,8 @@ pub async fn serve_tls(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
             };
             let draft = RecordDraft::unparsed(&worker, Some(&info));
             let no_bodies = || (Vec::new(), Vec::new());
-            let ip = peer.ip().to_canonical();
-            let record = draft.finish(&worker, &current, ip, &o, started.elapsed(), no_bodies);
+            let from = (peer.ip().to_canonical(), worker.new_conn_id());
+            let record = draft.finish(&worker, &current, from, &o, started.elapsed(), no_bodies);
             worker.send_record(record);
         }
     }
@@ -267,9 +267,9 @@ impl Conn {
         worker.count_request(&current, (NONE, NONE), outcome.status, Duration::ZERO, None);
         if current.snapshot.config.logging.enabled {
             let draft = RecordDraft::unparsed(worker, self.client.tls.as_ref());
-            let ip = self.client.ip;
+            let from = (self.client.ip, self.client.conn);
             let no_bodies = || (Vec::new(), Vec::new());
-            let record = draft.finish(worker, &current, ip, &outcome, Duration::ZERO, no_bodies);
+            let record = draft.finish(worker, &current, from, &outcome, Duration::ZERO, no_bodies);
             worker.send_record(record);
         }
     }
@@ -334,8 +334,8 @@ impl Conn {
         if let Some(draft) = draft {
             let captures = &mut self.captures;
             let bodies = || (captures.request.take(), captures.response.take());
-            let ip = self.client.ip;
-            worker.send_record(draft.finish(worker, current, ip, &outcome, total, bodies));
+            let from = (self.client.ip, self.client.conn);
+            worker.send_record(draft.finish(worker, current, from, &outcome, total, bodies));
         }
         next
     }

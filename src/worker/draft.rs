@@ -125,12 +125,13 @@ impl RecordDraft {
         self.capture.as_deref_mut()
     }
 
-    /// Complete the record. `bodies`: the captured request and response body bytes.
+    /// Complete the record. `from`: the client's address and connection id; `bodies`: the
+    /// captured request and response body bytes.
     pub fn finish(
         mut self,
         worker: &Worker,
         current: &Current,
-        client: IpAddr,
+        (client, conn): (IpAddr, u64),
         o: &Outcome,
         total: Duration,
         bodies: impl FnOnce() -> (Vec<u8>, Vec<u8>),
@@ -140,6 +141,7 @@ impl RecordDraft {
         TrafficRecord {
             start_ms: self.start_ms,
             client,
+            conn,
             worker: worker.id as u16,
             version_minor: self.version_minor,
             status: o.status,

@@ -95,6 +95,10 @@ pub struct Worker {
     /// Request ids: `<start time><worker>` then a counter, unique across restarts.
     id_prefix: String,
     next_id: Cell<u64>,
+    /// Client connection ids (records' `conn`): the start time and the worker in the
+    /// high bits, a counter below (see [`Worker::new_conn_id`]).
+    conn_prefix: u64,
+    next_conn: Cell<u32>,
 }
 
 impl Worker {
@@ -124,6 +128,8 @@ impl Worker {
             open: RefCell::default(),
             id_prefix: format!("{started:08x}{:02x}", id as u8),
             next_id: Cell::new(0),
+            conn_prefix: (u64::from(started & 0x7fff_ffff) << 32) | (u64::from(id as u8) << 24),
+            next_conn: Cell::new(0),
         }
     }
 
@@ -145,6 +151,16 @@ impl Worker {
                 b"0123456789abcdef"[(n >> (shift * 4)) as usize & 15],
             ));
         }
+    }
+
+    /// A new client connection's id, for its records' `conn` (what `dispa replay` keeps
+    /// the order of requests by): the process's start second (31 bits), the worker (8) and
+    /// a counter (24 bits; after 16.7 million connections of one worker an id comes
+    /// again, hours apart). Positive as an i64, for SQLite and PostgreSQL.
+    pub fn new_conn_id(&self) -> u64 {
+        let n = self.next_conn.get();
+        self.next_conn.set(n.wrapping_add(1));
+        self.conn_prefix | u64::from(n & 0xff_ffff)
     }
 
     /// Hand a record to the logging thread; a full channel drops it (counted).
