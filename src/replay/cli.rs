@@ -55,7 +55,8 @@ pub struct Args {
     /// A fixed rate instead: this many requests a second.
     #[arg(long, conflicts_with = "concurrency")]
     pub rate: Option<f64>,
-    /// As fast as possible, on this many connections at once.
+    /// As fast as possible, on this many connections at once (at most one per recorded
+    /// connection: each recorded connection's requests go in order on one).
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// No recorded gap longer than this is waited for.
@@ -188,10 +189,10 @@ impl Args {
         let pace = match (self.speed, self.rate, self.concurrency) {
             (_, _, Some(0)) => return Err("--concurrency: at least 1".into()),
             (_, _, Some(c)) => Pace::Fast { concurrency: c },
-            (_, Some(r), _) if r > 0.0 && r.is_finite() => Pace::Rate(r),
-            (_, Some(r), _) => return Err(format!("--rate: a positive number: {r}")),
-            (Some(s), _, _) if !(s > 0.0 && s.is_finite()) => {
-                return Err(format!("--speed: a positive number: {s}"));
+            (_, Some(r), _) if (0.001..=1e9).contains(&r) => Pace::Rate(r),
+            (_, Some(r), _) => return Err(format!("--rate: from 0.001 to 1e9 a second: {r}")),
+            (Some(s), _, _) if !(0.001..=1e6).contains(&s) => {
+                return Err(format!("--speed: from 0.001 to 1e6: {s}"));
             }
             (s, _, _) => Pace::Recorded {
                 speed: s.unwrap_or(1.0),

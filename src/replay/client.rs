@@ -163,18 +163,22 @@ impl Connection {
         write_vec(&mut self.stream, request)
             .await
             .map_err(|_| (Failure::Closed, false))?;
+        // An interim answer (100 Continue) means the target took the request: not to be
+        // sent again.
+        let mut interim = false;
         let head = loop {
             let parse = |b: &[u8]| parse_response(b, is_head, MAX_HEAD);
             let head = match read_head(&mut self.stream, &mut self.buf, MAX_HEAD, parse).await {
                 Ok(h) => h,
                 Err(HeadError::Closed | HeadError::Io(_)) => {
-                    return Err((Failure::Closed, !self.buf.is_empty()));
+                    return Err((Failure::Closed, interim || !self.buf.is_empty()));
                 }
                 Err(_) => return Err((Failure::BadResponse, true)),
             };
             // Interim answers (100 Continue, 103 Early Hints) come before the one.
             if (100..200).contains(&head.status) && head.status != 101 {
                 self.buf.consume(head.head_len);
+                interim = true;
                 continue;
             }
             break head;

@@ -163,6 +163,7 @@ pub fn serve(
         let response_whole =
             r.response_body_complete() || (r.response_bytes == 0 && r.response_body.is_none());
         let usable = r.status != 0
+            && r.status != 101
             && !r.method.is_empty()
             && response_whole
             && (!opts.matching.body || r.request_body_complete());
@@ -194,20 +195,21 @@ pub fn serve(
     let counted = stats.clone();
     on_runtime(move || async move {
         let listener = TcpListener::from_std(listener).expect("a bound listener");
+        // Accepting runs on its own until the runtime ends (an accept dropped mid-way by
+        // a timeout could lose the connection it had taken).
+        monoio::spawn(async move {
+            loop {
+                if let Ok((stream, _)) = listener.accept().await {
+                    monoio::spawn(connection(stream, table.clone(), counted.clone()));
+                }
+            }
+        });
         let stopped = || {
             stop.load(std::sync::atomic::Ordering::Relaxed)
                 || deadline.is_some_and(|d| std::time::Instant::now() >= d)
         };
         while !stopped() {
-            // Woken now and then to see whether to stop.
-            let Ok(accepted) =
-                monoio::time::timeout(Duration::from_millis(200), listener.accept()).await
-            else {
-                continue;
-            };
-            if let Ok((stream, _)) = accepted {
-                monoio::spawn(connection(stream, table.clone(), counted.clone()));
-            }
+            monoio::time::sleep(Duration::from_millis(100)).await;
         }
     })
     .map_err(|e| Error(format!("runtime: {e}")))?;
@@ -257,7 +259,7 @@ async fn connection(mut stream: TcpStream, table: Rc<Table>, stats: Rc<Cell<Serv
             }
             None => {
                 s.misses += 1;
-                miss(&method, &target)
+                miss(&method, &target, head.is_head)
             }
         };
         stats.set(s);
@@ -268,13 +270,18 @@ async fn connection(mut stream: TcpStream, table: Rc<Table>, stats: Rc<Cell<Serv
     }
 }
 
-fn miss(method: &str, target: &str) -> Vec<u8> {
+/// The 404 a request nothing matches gets (its head only, for HEAD).
+fn miss(method: &str, target: &str, is_head: bool) -> Vec<u8> {
     let body = format!("dispa replay --serve: no recorded response for {method} {target}\n");
-    format!(
-        "HTTP/1.1 404 Not Found\r\nX-Dispa-Mock: miss\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+    let mut out = format!(
+        "HTTP/1.1 404 Not Found\r\nX-Dispa-Mock: miss\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
         body.len()
     )
-    .into_bytes()
+    .into_bytes();
+    if !is_head {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
 }
 
 /// The request body, decoded (`None`: the connection failed or the body was malformed

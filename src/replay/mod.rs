@@ -111,8 +111,10 @@ pub fn run(opts: Options) -> Result<(serde_json::Value, bool), Error> {
         stop,
     });
     let driven = ctx.clone();
+    let cpu_before = cpu_time();
     on_runtime(move || drive(driven)).map_err(|e| Error(format!("runtime: {e}")))?;
     let mut tally = ctx.tally.take();
+    tally.cpu = cpu_time().saturating_sub(cpu_before);
     let report = tally.to_json(&opts.target_url, opts.max_diff_ratio);
     if let Some(path) = &opts.report {
         let text = serde_json::to_string_pretty(&report).expect("a JSON value");
@@ -129,10 +131,25 @@ pub fn run(opts: Options) -> Result<(serde_json::Value, bool), Error> {
     Ok((report, passed))
 }
 
+/// CPU time (user and system) the process has used so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage writes into the struct it is given, which lives for the call.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
 /// Set on SIGINT or SIGTERM: stop sending, finish what is in flight, report.
 fn stop_flag() -> Result<Arc<AtomicBool>, Error> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal exits at once (130), as the proxy's does.
+        signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone())
+            .map_err(|e| Error(e.to_string()))?;
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| Error(e.to_string()))?;
     }
     Ok(stop)
@@ -170,9 +187,27 @@ struct Ctx {
     stop: Arc<AtomicBool>,
 }
 
+/// How long a wait for a due time goes without looking at the stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
 impl Ctx {
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Wait until `due`; false when the replay was stopped meanwhile (a long gap or a
+    /// slow `--rate` must not hold a Ctrl-C or `--duration` up).
+    async fn wait_until(&self, due: Instant) -> bool {
+        loop {
+            if self.stopped() {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= due {
+                return true;
+            }
+            monoio::time::sleep_until(due.min(now + STOP_CHECK).into()).await;
+        }
     }
 }
 
@@ -199,8 +234,7 @@ async fn timed_pass(ctx: &Rc<Ctx>) {
     let mut tasks = Vec::with_capacity(ctx.plan.conns.len());
     for k in 0..ctx.plan.conns.len() {
         let first = ctx.plan.conns[k][0];
-        monoio::time::sleep_until((start + ctx.plan.due[first]).into()).await;
-        if ctx.stopped() {
+        if !ctx.wait_until(start + ctx.plan.due[first]).await {
             break;
         }
         let ctx = ctx.clone();
@@ -209,8 +243,7 @@ async fn timed_pass(ctx: &Rc<Ctx>) {
             let mut buf = Vec::new();
             for &i in &ctx.plan.conns[k] {
                 let due = start + ctx.plan.due[i];
-                monoio::time::sleep_until(due.into()).await;
-                if ctx.stopped() {
+                if !ctx.wait_until(due).await {
                     break;
                 }
                 ctx.tally.borrow_mut().sent_after(due.elapsed());
@@ -224,7 +257,8 @@ async fn timed_pass(ctx: &Rc<Ctx>) {
 }
 
 /// `concurrency` connections, each taking the next recorded connection's requests and
-/// sending them back to back.
+/// sending them back to back (so at most as many at once as there are recorded
+/// connections: each one's order is kept).
 async fn fast_pass(ctx: &Rc<Ctx>, concurrency: usize) {
     let next = Rc::new(Cell::new(0usize));
     let mut tasks = Vec::with_capacity(concurrency);
@@ -240,6 +274,9 @@ async fn fast_pass(ctx: &Rc<Ctx>, concurrency: usize) {
                 }
                 next.set(k + 1);
                 for &i in &ctx.plan.conns[k] {
+                    if ctx.stopped() {
+                        break;
+                    }
                     ctx.send(&mut conn, i, &mut buf).await;
                 }
             }

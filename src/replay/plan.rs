@@ -43,18 +43,23 @@ pub fn plan(requests: &[&Recorded], pace: Pace) -> Plan {
         match pace {
             Pace::Recorded { speed, max_gap } if i > 0 => {
                 let gap_ms = (r.ts_ms - requests[i - 1].ts_ms).max(0) as f64;
-                at += Duration::from_secs_f64(gap_ms / 1000.0 / speed).min(max_gap);
+                let gap = Duration::try_from_secs_f64(gap_ms / 1000.0 / speed);
+                at += gap.unwrap_or(max_gap).min(max_gap);
             }
-            Pace::Rate(rate) => at = Duration::from_secs_f64(i as f64 / rate),
+            Pace::Rate(rate) => {
+                // `--rate` is at least 0.001/s (cli.rs): a thousand seconds a request.
+                at = Duration::try_from_secs_f64(i as f64 / rate).unwrap_or(Duration::MAX);
+            }
             _ => {}
         }
         due.push(at);
     }
     // Records without a connection id (older stores) are each a connection of their own.
+    // Ids are per Dispa: a fleet's store tells them apart by instance.
     let mut conns: Vec<Vec<usize>> = Vec::new();
-    let mut by_id: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
+    let mut by_id: std::collections::HashMap<(&str, i64), usize> = std::collections::HashMap::new();
     for (i, r) in requests.iter().enumerate() {
-        match r.conn {
+        match r.conn.map(|c| (r.instance.as_str(), c)) {
             Some(id) => match by_id.get(&id) {
                 Some(&k) => conns[k].push(i),
                 None => {

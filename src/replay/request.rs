@@ -26,16 +26,24 @@ pub enum Skip {
     NoResponse,
     /// The head could not be parsed: there is no request to send.
     Unparsed,
+    /// It was upgraded (101, e.g. a WebSocket): its tunnel was not recorded.
+    Upgrade,
 }
 
 impl Skip {
-    pub const ALL: [Skip; 3] = [Skip::TruncatedBody, Skip::NoResponse, Skip::Unparsed];
+    pub const ALL: [Skip; 4] = [
+        Skip::TruncatedBody,
+        Skip::NoResponse,
+        Skip::Unparsed,
+        Skip::Upgrade,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Skip::TruncatedBody => "truncated_body",
             Skip::NoResponse => "no_response",
             Skip::Unparsed => "unparsed",
+            Skip::Upgrade => "upgrade",
         }
     }
 }
@@ -46,6 +54,8 @@ pub fn skip_reason(r: &Recorded, allow_truncated: bool) -> Option<Skip> {
         Some(Skip::Unparsed)
     } else if r.status == 0 {
         Some(Skip::NoResponse)
+    } else if r.status == 101 {
+        Some(Skip::Upgrade)
     } else if !allow_truncated && !r.request_body_complete() {
         Some(Skip::TruncatedBody)
     } else {

@@ -18,6 +18,9 @@ pub struct Recorded {
     /// The client connection it came on (`None` in records older than schema 7: each
     /// such request is then a connection of its own).
     pub conn: Option<i64>,
+    /// Which Dispa recorded it, in a fleet's PostgreSQL store ('' elsewhere): `conn` is
+    /// unique per Dispa.
+    pub instance: String,
     pub method: String,
     pub host: String,
     pub path: String,
@@ -138,6 +141,7 @@ fn from_sqlite(
             request_body: r.get(13)?,
             response_body: r.get(14)?,
             conn: r.get(15)?,
+            instance: String::new(),
         })
     })?;
     rows.collect()
@@ -149,6 +153,19 @@ fn from_postgres(
     limit: Option<usize>,
 ) -> Result<Vec<Recorded>, String> {
     let mut client = crate::traffic::postgres::open(store)?;
+    let failed =
+        |e: postgres::Error| format!("{}: {}", store.url, crate::logging::postgres::describe(&e));
+    // A store no Dispa has migrated to version 4 yet has no `conn` (reading does not
+    // migrate).
+    let has_conn = client
+        .query_opt(
+            "SELECT 1 FROM information_schema.columns WHERE table_name = 'requests' \
+             AND column_name = 'conn' AND table_schema = current_schema()",
+            &[],
+        )
+        .map_err(failed)?
+        .is_some();
+    let conn_column = if has_conn { "conn" } else { "NULL::bigint" };
     let (clause, mut args) = filter.pg_clause();
     let limit_sql = match limit {
         Some(n) => {
@@ -159,11 +176,12 @@ fn from_postgres(
     };
     // The instance orders ties: one Dispa's rows of one millisecond in the order written.
     let sql = format!(
-        "SELECT {COLUMNS}, conn FROM requests{clause} ORDER BY ts_ms, instance, id{limit_sql}"
+        "SELECT {COLUMNS}, {conn_column}, instance FROM requests{clause} \
+         ORDER BY ts_ms, instance, id{limit_sql}"
     );
     let rows = client
         .query(&sql, &crate::traffic::postgres::refs(&args))
-        .map_err(|e| format!("{}: {}", store.url, crate::logging::postgres::describe(&e)))?;
+        .map_err(failed)?;
     Ok(rows
         .iter()
         .map(|r| Recorded {
@@ -183,6 +201,7 @@ fn from_postgres(
             request_body: r.get(13),
             response_body: r.get(14),
             conn: r.get(15),
+            instance: r.get(16),
         })
         .collect())
 }
@@ -273,6 +292,7 @@ fn from_json(v: &serde_json::Value) -> Recorded {
         id: text("id"),
         ts_ms: int("ts_ms"),
         conn: v["conn"].as_i64(),
+        instance: String::new(),
         method: text("method"),
         host: text("host"),
         path: text("path"),

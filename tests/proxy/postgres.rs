@@ -542,3 +542,56 @@ fn pg_a_batch_refused_for_its_data_is_counted_lost_and_the_next_ones_go_in() {
     let agents = "SELECT string_agg(user_agent, ',' ORDER BY ts_ms) FROM requests";
     assert_eq!(pg.psql_in("latin1db", agents), "plain,after");
 }
+
+/// `dispa replay` reads a PostgreSQL store: every request sent again, each recorded client
+/// connection's requests on one connection in their order.
+#[test]
+fn pg_replay_sends_the_recorded_requests_again_in_each_connections_order() {
+    let pg = PgServer::start();
+    let b = Backend::named("b");
+    let capture = "[logging.capture]\ndomains = [\"example.com\"]\nrequest_headers = [\"*\"]\nresponse_headers = [\"*\"]\nmax_body_bytes = 65536\n";
+    let toml = format!(
+        "{}{capture}",
+        pg_config(b.addr, &pg.url(PASSWORD), "edge-1", "")
+    );
+    let (child, proxy, _, _) = spawn_binary(&toml);
+    // Three connections, their requests interleaved in time.
+    let mut clients: Vec<Client> = (0..3).map(|_| Client::connect(proxy)).collect();
+    for i in 0..10 {
+        for (k, c) in clients.iter_mut().enumerate() {
+            assert_eq!(c.get("example.com", &format!("/c{k}/{i}")).status, 200);
+        }
+    }
+    drop(clients);
+    stop(child);
+
+    let again = Backend::named("b");
+    let out = Command::new(BIN)
+        .args(["replay", "--db", &pg.url(PASSWORD), "--concurrency", "3"])
+        .args(["--compare-header", "x-backend", "--report", "-"])
+        .arg("--target")
+        .arg(format!("http://{}", again.addr))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["sent"], 30, "{report}");
+    assert_eq!(report["matched"], 30, "{report}");
+    let mut on: std::collections::BTreeMap<String, (usize, Vec<String>)> = Default::default();
+    for s in again.requests() {
+        let path = s.request_line().split(' ').nth(1).unwrap().to_string();
+        let conn = path.split('/').nth(1).unwrap().to_string();
+        let entry = on.entry(conn).or_insert((s.conn, Vec::new()));
+        assert_eq!(entry.0, s.conn, "{path} on another connection");
+        entry.1.push(path);
+    }
+    for (conn, (_, paths)) in on {
+        let want: Vec<String> = (0..10).map(|i| format!("/{conn}/{i}")).collect();
+        assert_eq!(paths, want);
+    }
+}
