@@ -247,6 +247,20 @@ impl Known {
     }
 }
 
+/// A field that frames a message or belongs to one connection (Content-Length,
+/// Transfer-Encoding, Connection, Upgrade, TE, Trailer, Keep-Alive, Proxy-Connection):
+/// made anew, never copied, by whoever sends the message again (`dispa replay`).
+pub fn is_framing_or_hop_by_hop(name: &[u8]) -> bool {
+    matches!(
+        Known::of(name),
+        Known::ContentLength
+            | Known::TransferEncoding
+            | Known::Connection
+            | Known::Upgrade
+            | Known::HopByHop
+    )
+}
+
 /// Why a request head is refused; each maps to one status in [`RequestError::status`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestError {

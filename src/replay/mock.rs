@@ -14,12 +14,12 @@ use std::time::Duration;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::{TcpListener, TcpStream};
 
-use super::source::{self, Recorded};
+use super::source::Recorded;
 use super::{Error, Selection, on_runtime, stop_flag};
 use crate::http::body::{ChunkedDecoder, Step};
 use crate::http::canned;
 use crate::http::encode::push_u64;
-use crate::http::parse::{Body, RequestLimits, parse_request};
+use crate::http::parse::{Body, RequestLimits, is_framing_or_hop_by_hop, parse_request};
 use crate::io::{ReadBuf, read_head};
 
 /// What a request is matched on, besides its method and path.
@@ -64,22 +64,6 @@ fn body_hash(body: &[u8]) -> u64 {
     h.finish()
 }
 
-/// Response fields not served as recorded: framing is made anew.
-fn framing(name: &str) -> bool {
-    [
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "upgrade",
-        "proxy-connection",
-    ]
-    .iter()
-    .any(|n| name.eq_ignore_ascii_case(n))
-}
-
 /// The response `r` recorded, as bytes to serve: its status, its captured fields
 /// without framing, `Content-Length`, its body (none for HEAD, 204 and 304, which keep
 /// a recorded `Content-Length` as it was).
@@ -91,7 +75,10 @@ fn recorded_response(r: &Recorded) -> Vec<u8> {
     out.extend_from_slice(canned::reason(r.status).as_bytes());
     out.extend_from_slice(b"\r\n");
     let headers = r.response_headers.as_deref().unwrap_or_default();
-    for (name, value) in headers.iter().filter(|(n, _)| !framing(n)) {
+    for (name, value) in headers
+        .iter()
+        .filter(|(n, _)| !is_framing_or_hop_by_hop(n.as_bytes()))
+    {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -147,12 +134,7 @@ pub fn serve(
     opts: MockOptions,
     ready: impl FnOnce(SocketAddr, usize, usize),
 ) -> Result<Served, Error> {
-    let records = source::load(
-        &opts.selection.store,
-        &opts.selection.filter,
-        opts.selection.limit,
-    )
-    .map_err(Error)?;
+    let records = opts.selection.load()?;
     let mut table = Table {
         answers: HashMap::new(),
         matching: opts.matching,

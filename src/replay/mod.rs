@@ -40,6 +40,13 @@ pub struct Selection {
     pub limit: Option<usize>,
 }
 
+impl Selection {
+    /// The selected records, oldest first.
+    pub fn load(&self) -> Result<Vec<Recorded>, Error> {
+        source::load(&self.store, &self.filter, self.limit).map_err(Error)
+    }
+}
+
 /// A replay to run.
 pub struct Options {
     pub selection: Selection,
@@ -76,12 +83,7 @@ const KEEP_BODY: usize = 1 << 20;
 /// Run a replay; returns the JSON report (written to `--report` too) and whether it
 /// passed `--max-diff-ratio`.
 pub fn run(opts: Options) -> Result<(serde_json::Value, bool), Error> {
-    let records = source::load(
-        &opts.selection.store,
-        &opts.selection.filter,
-        opts.selection.limit,
-    )
-    .map_err(Error)?;
+    let records = opts.selection.load()?;
     let mut tally = Tally {
         selected: records.len() as u64,
         show: opts.show,

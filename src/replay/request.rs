@@ -64,23 +64,12 @@ pub fn skip_reason(r: &Recorded, allow_truncated: bool) -> Option<Skip> {
 }
 
 /// Fields a proxy between the client and the target made or consumed: not sent again.
-/// (Framing is made anew; `Expect` would wait for a 100 the replay does not need.)
+/// (Framing is made anew; `Host` is written first; `Expect` would wait for a 100 the
+/// replay does not need.)
 fn dropped(name: &str) -> bool {
-    const NAMES: [&str; 12] = [
-        "host",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "expect",
-        "forwarded",
-        "proxy-authorization",
-    ];
-    NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
+    const NAMES: [&str; 4] = ["host", "expect", "forwarded", "proxy-authorization"];
+    crate::http::parse::is_framing_or_hop_by_hop(name.as_bytes())
+        || NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
         || name.len() > 12 && name[..12].eq_ignore_ascii_case("x-forwarded-")
 }
 
